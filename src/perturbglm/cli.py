@@ -1,0 +1,171 @@
+"""Command line: perturbglm de | simulate | demo."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+from .errors import InputError
+
+
+def _progress(label: str):
+    """A one-line progress report on a terminal; silent in logs."""
+    if not sys.stderr.isatty():
+        return None
+    t0 = time.perf_counter()
+
+    def report(done: int, total: int) -> None:
+        el = time.perf_counter() - t0
+        rate = done / el if el > 0 else 0.0
+        eta = (total - done) / rate if rate > 0 else 0.0
+        sys.stderr.write(f"\r{label}: {done:,}/{total:,} cells  {rate:,.0f} cells/s  "
+                         f"ETA {eta:.0f}s ")
+        if done >= total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+    return report
+
+
+def _add_de(sub):
+    p = sub.add_parser("de", help="test every perturbation against the control cells")
+    p.add_argument("screen", help=".h5ad file with raw counts")
+    p.add_argument("--groupby", required=True, help="obs column naming each cell's perturbation")
+    p.add_argument("--control", required=True, help="label of the control cells in --groupby")
+    p.add_argument("--covariates", default="",
+                   help="comma-separated obs columns (categorical: one-hot, first level "
+                        "dropped; numeric: as given)")
+    p.add_argument("--layer", default=None,
+                   help="counts in layers/NAME, or 'raw' for raw.X (default: X)")
+    p.add_argument("--size-factors", default="library",
+                   help="library (default), poscounts, or obs:COLUMN")
+    p.add_argument("--dispersion", default="per-comparison", choices=["per-comparison", "global"],
+                   help="per-comparison (DESeq2 on control + one perturbation, default) or "
+                        "global (one dispersion per gene from all cells)")
+    p.add_argument("--min-cells", type=int, default=3,
+                   help="skip (and report) perturbations with fewer cells (default 3)")
+    p.add_argument("--min-mu", type=float, default=1e-6,
+                   help="floor on fitted means (default 1e-6; 0.5 is DESeq2's classic value)")
+    p.add_argument("--fdr", type=float, default=0.1, help="FDR for the summary (default 0.1)")
+    p.add_argument("--threads", type=int, default=None, help="threads (default: all cores)")
+    p.add_argument("--chunk-cells", type=int, default=10_000, help="cells read per chunk")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+
+
+def _cmd_de(args) -> int:
+    from . import api
+    from .result import check_destination
+
+    check_destination(args.out, args.overwrite)
+    res = api.de(args.screen, groupby=args.groupby, control=args.control,
+                 covariates=args.covariates, layer=args.layer, size_factors=args.size_factors,
+                 min_cells=args.min_cells, min_mu=args.min_mu, dispersion=args.dispersion,
+                 chunk_cells=args.chunk_cells, threads=args.threads, fdr=args.fdr,
+                 progress=_progress("reading"))
+    res.write(args.out, overwrite=args.overwrite)
+    _report(res, args.out)
+    return 0
+
+
+def _report(res, out: str) -> None:
+    info = res.run_info
+    s = res.summary
+    print(f"{len(s)} perturbations x {res.table['gene'].nunique()} genes; "
+          f"{int(s['de_genes'].sum())} DE pairs at FDR {info['parameters']['fdr']}; "
+          f"{info['timings']['total']:.2f} s")
+    if info.get("skipped_groups"):
+        sk = info["skipped_groups"]
+        print(f"skipped {len(sk)} perturbation(s) below --min-cells: "
+              + ", ".join(f"{k} ({v} cells)" for k, v in list(sk.items())[:10])
+              + (" ..." if len(sk) > 10 else ""))
+    if info.get("cells_without_counts"):
+        print(f"left out {info['cells_without_counts']} cells with no counts")
+    if info.get("cells_without_label"):
+        print(f"left out {info['cells_without_label']} cells with no --groupby label")
+    print(f"wrote {out}/results.parquet, summary.csv, run.json")
+
+
+def _add_simulate(sub):
+    p = sub.add_parser("simulate", help="write a simulated screen and its truth table")
+    p.add_argument("out", help="output .h5ad path")
+    p.add_argument("--cells", type=int, default=20_000)
+    p.add_argument("--genes", type=int, default=1_000)
+    p.add_argument("--perturbations", type=int, default=50)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true")
+
+
+def _cmd_simulate(args) -> int:
+    from . import simulate
+
+    if os.path.exists(args.out) and not args.overwrite:
+        raise InputError(f"'{args.out}' exists; pass --overwrite to replace it")
+    if min(args.cells, args.genes, args.perturbations) < 1:
+        raise InputError("--cells, --genes and --perturbations must be at least 1")
+    if args.perturbations > args.genes:
+        raise InputError("--perturbations cannot exceed --genes (each target is a gene)")
+    t0 = time.perf_counter()
+    truth = simulate.write(args.out, args.cells, args.genes, args.perturbations, args.seed)
+    print(f"wrote {args.out} ({args.cells:,} cells x {args.genes:,} genes, "
+          f"{args.perturbations} perturbations) and {truth} in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    import numpy as np
+    import pandas as pd
+
+    from . import api, simulate
+
+    with tempfile.TemporaryDirectory(prefix="perturbglm-demo-") as tmp:
+        path = os.path.join(tmp, "demo.h5ad")
+        print("simulating a screen: 8,000 cells x 500 genes, 12 perturbations ...")
+        simulate.write(path, 8_000, 500, 12, seed=1)
+        truth = pd.read_parquet(simulate.truth_path_for(path))
+        print("perturbglm de demo.h5ad --groupby perturbation --control non-targeting "
+              "--size-factors obs:size_factor")
+        res = api.de(path, groupby="perturbation", control=simulate.CONTROL,
+                     size_factors="obs:size_factor")
+        out = os.path.join(tmp, "out")
+        res.write(out)
+        _report(res, "<temporary folder>")
+    merged = res.table.merge(truth, on=["perturbation", "gene"])
+    called = merged["padj"] < 0.1
+    real = merged["true_log2fc"] != 0
+    fdp = (called & ~real).sum() / max(called.sum(), 1)
+    power = (called & real).sum() / max(real.sum(), 1)
+    print()
+    print(res.summary[["perturbation", "cells", "genes_tested", "de_genes", "target_log2fc",
+                       "target_padj"]].to_string(index=False, float_format=lambda x: f"{x:.3g}"))
+    print()
+    ok = merged[real & np.isfinite(merged["log2fc"])]
+    corr = np.corrcoef(ok["log2fc"], ok["true_log2fc"])[0, 1] if len(ok) > 2 else float("nan")
+    print(f"against the simulated truth: {called.sum()} calls at FDR 0.1, realised FDR "
+          f"{fdp:.3f}, power {power:.2f}, correlation of log2fc with truth {corr:.3f}")
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="perturbglm",
+        description="DESeq2-grade negative binomial DE for every perturbation of a screen.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_de(sub)
+    _add_simulate(sub)
+    sub.add_parser("demo", help="simulate a small screen, analyse it and print a summary")
+    args = parser.parse_args(argv)
+    try:
+        return {"de": _cmd_de, "simulate": _cmd_simulate, "demo": _cmd_demo}[args.command](args)
+    except InputError as exc:
+        print(f"perturbglm: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("perturbglm: interrupted; nothing was written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""The comparison design: which cells form which group, covariates, and their validation."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from .errors import InputError
+
+
+@dataclass
+class Design:
+    labels: list[str]              # group labels; index = group code
+    control: int                   # code of the control group
+    cell_group: np.ndarray         # per cell: group code, or -1 when the cell is not analysed
+    covariates: np.ndarray         # cells x q, categorical one-hot (first level dropped) + numeric
+    covariate_names: list[str]
+    categorical_only: bool         # strata are finite when every covariate is categorical
+    skipped: dict[str, int] = field(default_factory=dict)   # groups below --min-cells
+    dropped_cells: int = 0         # cells with no group label
+
+    @property
+    def n_groups(self) -> int:
+        return len(self.labels)
+
+    @property
+    def perturbations(self) -> list[int]:
+        return [k for k in range(self.n_groups) if k != self.control]
+
+
+def _columns(obs: pd.DataFrame) -> str:
+    return ", ".join(map(str, obs.columns))
+
+
+def build(obs: pd.DataFrame, groupby: str, control: str, covariates: list[str],
+          min_cells: int) -> Design:
+    if groupby not in obs.columns:
+        raise InputError(f"--groupby '{groupby}' is not an obs column; obs columns are: "
+                         f"{_columns(obs)}")
+    col = obs[groupby]
+    present = col.notna().to_numpy()
+    labels_all = col.astype(str).to_numpy()
+    uniq, counts = np.unique(labels_all[present], return_counts=True)
+    if uniq.size == 0:
+        raise InputError(f"--groupby '{groupby}' has no labelled cells")
+    if control not in uniq:
+        close = difflib.get_close_matches(control, list(uniq), n=3, cutoff=0.4)
+        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else (
+            f"; labels include {', '.join(repr(u) for u in uniq[:5])}")
+        raise InputError(f"--control '{control}' is not a label of '{groupby}'{hint}")
+    if uniq.size == 1:
+        raise InputError(f"'{groupby}' has one label only ('{control}'); a screen needs control "
+                         "cells and at least one perturbation")
+    n_by = dict(zip(uniq, counts, strict=True))
+    if n_by[control] < max(min_cells, 2):
+        raise InputError(f"control '{control}' has {n_by[control]} cells, fewer than "
+                         f"--min-cells {min_cells}; lower --min-cells or pick another control")
+    skipped = {u: int(n) for u, n in n_by.items() if u != control and n < min_cells}
+    kept = [control] + [u for u in uniq if u != control and u not in skipped]
+    if len(kept) == 1:
+        raise InputError(f"every perturbation has fewer than --min-cells {min_cells} cells; "
+                         "lower --min-cells")
+    code = {u: i for i, u in enumerate(kept)}
+    cell_group = np.array([code.get(lab, -1) if ok else -1
+                           for lab, ok in zip(labels_all, present, strict=True)], dtype=np.int64)
+    z, names, categorical_only = _covariates(obs, covariates, cell_group, groupby)
+    return Design(kept, 0, cell_group, z, names, categorical_only, skipped,
+                  int((~present).sum()))
+
+
+def _covariates(obs, covariates, cell_group, groupby):
+    blocks, names = [], []
+    categorical_only = True
+    control_cells = cell_group == 0
+    for cov in covariates:
+        if cov not in obs.columns:
+            raise InputError(f"--covariates '{cov}' is not an obs column; obs columns are: "
+                             f"{_columns(obs)}")
+        if cov == groupby:
+            raise InputError(f"--covariates '{cov}' is the --groupby column itself; a "
+                             "covariate confounded with the perturbation cannot be adjusted for")
+        col = obs[cov]
+        if pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col):
+            vals = col.to_numpy(dtype=np.float64)
+            if not np.all(np.isfinite(vals[cell_group >= 0])):
+                raise InputError(f"--covariates '{cov}' has missing or infinite values")
+            blocks.append(vals[:, None])
+            names.append(cov)
+            categorical_only = False
+            continue
+        cat = col.astype("category")
+        if cat.isna().to_numpy()[cell_group >= 0].any():
+            raise InputError(f"--covariates '{cov}' has missing values")
+        levels = list(cat.cat.categories)
+        codes = cat.cat.codes.to_numpy()
+        used = np.unique(codes[cell_group >= 0])
+        levels_used = [levels[i] for i in used]
+        in_control = set(np.unique(codes[control_cells]))
+        missing = [levels[i] for i in used if i not in in_control]
+        if missing:
+            raise InputError(f"--covariates '{cov}': level(s) {missing} have no control cells, "
+                             "so their effect is confounded with the perturbations there; drop "
+                             "those cells or the covariate")
+        for lev_i in used[1:]:
+            blocks.append((codes == lev_i).astype(np.float64)[:, None])
+            names.append(f"{cov}[{levels[lev_i]}]")
+        if len(levels_used) < 2:
+            raise InputError(f"--covariates '{cov}' takes one value only in the analysed cells; "
+                             "it cannot be estimated, drop it")
+    if not blocks:
+        return np.zeros((len(cell_group), 0)), names, True
+    z = np.hstack(blocks)
+    zc = np.hstack([np.ones((control_cells.sum(), 1)), z[control_cells]])
+    if np.linalg.matrix_rank(zc) < zc.shape[1]:
+        raise InputError(f"--covariates {', '.join(covariates)} are confounded with each other "
+                         "in the control cells (collinear); drop one")
+    return z, names, categorical_only

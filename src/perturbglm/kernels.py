@@ -1,0 +1,245 @@
+"""Compiled negative binomial kernels for one gene in one group of cells.
+
+The model within a group k is  y_i ~ NB(mu_i, a),  log mu_i = b_k + log s_i + z_i'c_g,
+with covariate coefficients c_g carried as an offset. Sums over a group's cells are split as
+DESIGN.md section 3 describes, so that the work follows non-zeros:
+
+- over *all* cells of the group through its "atoms": size-factor bins (log s, weight,
+  covariate row) shared by every gene;
+- corrected over the gene's non-zero cells, which are visited one by one.
+
+A zero count contributes -(1/a) log(1 + a mu) to the log-likelihood, a function of the cell's
+offset only, so  sum over zero cells = sum over atoms - sum over the non-zero cells.
+
+Data layout (see `summaries.GeneBlock`): atoms of group k are atom_ptr[k]:atom_ptr[k+1];
+non-zero entries of gene g in group k are nz_ptr[g*G+k]:nz_ptr[g*G+k+1], with counts nz_y and
+cell indices nz_cell into cell_logs / cell_z.
+
+Dispersion is optimised in theta = log(a). All derivatives are analytic in theta.
+"""
+
+import math
+
+import numpy as np
+from numba import njit
+
+from .special import lgamma_ratio
+
+
+@njit(cache=True)
+def _offset(logs, z, c):
+    out = logs
+    for j in range(c.shape[0]):
+        out += z[j] * c[j]
+    return out
+
+
+@njit(cache=True)
+def _zero_terms(w, mu, a, r):
+    """Zero-count log-likelihood -r log(1+a mu) and the CR weight mu/(1+a mu), with theta
+    derivatives, times the weight w."""
+    u = math.log1p(a * mu)
+    q = a * mu / (1.0 + a * mu)
+    v = mu / (1.0 + a * mu)
+    return (w * (-r * u), w * (r * u - r * q), w * (-r * u + r * q + r * q * q),
+            w * v, -w * v * q, w * v * q * (2.0 * q - 1.0))
+
+
+@njit(cache=True)
+def group_profile(theta, b, c, g, k, G, atom_ptr, atom_logs, atom_w, atom_z,
+                  cell_logs, cell_z, nz_ptr, nz_y, nz_cell, minmu):
+    """DESeq2's Cox-Reid adjusted log-likelihood of one group with mu held fixed:
+    sum_i ll(y_i; mu_i, a) - 0.5 log(sum_i mu_i / (1 + a mu_i)), and its first two
+    derivatives in theta. Terms free of a are dropped, as DESeq2 does."""
+    a = math.exp(theta)
+    r = 1.0 / a
+    f = 0.0
+    f1 = 0.0
+    f2 = 0.0
+    V = 0.0
+    V1 = 0.0
+    V2 = 0.0
+    for j in range(atom_ptr[k], atom_ptr[k + 1]):
+        mu = max(math.exp(b + _offset(atom_logs[j], atom_z[j], c)), minmu)
+        t0, t1, t2, v0, v1, v2 = _zero_terms(atom_w[j], mu, a, r)
+        f += t0
+        f1 += t1
+        f2 += t2
+        V += v0
+        V1 += v1
+        V2 += v2
+    for e in range(nz_ptr[g * G + k], nz_ptr[g * G + k + 1]):
+        i = nz_cell[e]
+        y = nz_y[e]
+        mu = max(math.exp(b + _offset(cell_logs[i], cell_z[i], c)), minmu)
+        t0, t1, t2, _, _, _ = _zero_terms(1.0, mu, a, r)
+        lg, d1, d2 = lgamma_ratio(y, r)
+        u = math.log1p(a * mu)
+        q = a * mu / (1.0 + a * mu)
+        f += lg + y * theta - (y + r) * u - t0
+        f1 += -r * d1 + y + r * u - (y + r) * q - t1
+        f2 += r * d1 + r * r * d2 - r * u + 2.0 * r * q - (y + r) * q * (1.0 - q) - t2
+    if V <= 0.0:
+        return f, f1, f2
+    return (f - 0.5 * math.log(V), f1 - 0.5 * V1 / V,
+            f2 - 0.5 * (V2 / V - (V1 / V) ** 2))
+
+
+@njit(cache=True)
+def _score_terms(b, a, c, g, k, G, atom_ptr, atom_logs, atom_w, atom_z,
+                 cell_logs, cell_z, nz_ptr, nz_y, nz_cell, minmu):
+    """Score, observed information, Fisher information and their theta derivatives for the
+    group intercept b at dispersion a (mu floored at minmu, where mu no longer moves with b)."""
+    score = 0.0
+    hess = 0.0
+    fisher = 0.0
+    s_theta = 0.0
+    f_theta = 0.0
+    f_b = 0.0
+    for j in range(atom_ptr[k], atom_ptr[k + 1]):
+        raw = math.exp(b + _offset(atom_logs[j], atom_z[j], c))
+        mu = max(raw, minmu)
+        w = atom_w[j]
+        den = 1.0 + a * mu
+        v = mu / den
+        q = a * mu / den
+        score -= w * v
+        fisher += w * v
+        s_theta += w * v * q
+        f_theta -= w * v * q
+        if raw >= minmu:
+            hess += w * v / den
+            f_b += w * v / den
+    for e in range(nz_ptr[g * G + k], nz_ptr[g * G + k + 1]):
+        i = nz_cell[e]
+        y = nz_y[e]
+        raw = math.exp(b + _offset(cell_logs[i], cell_z[i], c))
+        mu = max(raw, minmu)
+        den = 1.0 + a * mu
+        score += y / den
+        s_theta -= y * a * mu / (den * den)
+        if raw >= minmu:
+            hess += y * a * mu / (den * den)
+    return score, hess, fisher, s_theta, f_theta, f_b
+
+
+@njit(cache=True)
+def group_mle(theta, c, g, k, G, atom_ptr, atom_logs, atom_w, atom_z,
+              cell_logs, cell_z, nz_ptr, nz_y, nz_cell, minmu):
+    """Maximum-likelihood group intercept b at fixed dispersion exp(theta), by Newton's
+    method on the concave log-likelihood, started from the Poisson estimate.
+
+    Returns (b, fisher, db/dtheta, dfisher/dtheta); b = -inf and zeros for a group with no
+    counts, whose MLE lies at the boundary."""
+    ysum = 0.0
+    for e in range(nz_ptr[g * G + k], nz_ptr[g * G + k + 1]):
+        ysum += nz_y[e]
+    if ysum <= 0.0:
+        return -np.inf, 0.0, 0.0, 0.0
+    expo = 0.0
+    for j in range(atom_ptr[k], atom_ptr[k + 1]):
+        expo += atom_w[j] * math.exp(_offset(atom_logs[j], atom_z[j], c))
+    b = math.log(ysum / expo)
+    a = math.exp(theta)
+    for _ in range(100):
+        score, hess, _, _, _, _ = _score_terms(b, a, c, g, k, G, atom_ptr, atom_logs, atom_w,
+                                               atom_z, cell_logs, cell_z, nz_ptr, nz_y, nz_cell,
+                                               minmu)
+        if hess <= 0.0:
+            break
+        step = min(max(score / hess, -5.0), 5.0)
+        b += step
+        if abs(step) < 1e-12 * max(1.0, abs(b)):
+            break
+    score, hess, fisher, s_theta, f_theta, f_b = _score_terms(
+        b, a, c, g, k, G, atom_ptr, atom_logs, atom_w, atom_z, cell_logs, cell_z, nz_ptr, nz_y,
+        nz_cell, minmu)
+    db = s_theta / hess if hess > 0.0 else 0.0
+    return b, fisher, db, f_theta + f_b * db
+
+
+@njit(cache=True)
+def covariate_fit(theta, g, k, G, atom_ptr, atom_logs, atom_w, atom_z, cell_logs, cell_z,
+                  nz_ptr, nz_y, nz_cell, minmu):
+    """Joint MLE of the intercept and covariate coefficients (b, c) of one group at fixed
+    dispersion, by Fisher scoring (IRLS). Returns (b, c); b = -inf for a group with no counts.
+    Coefficients are kept within +-30 on the log scale, DESeq2's bound."""
+    q = atom_z.shape[1]
+    p = q + 1
+    beta = np.zeros(p)
+    zero_c = np.zeros(q)
+    b0, _, _, _ = group_mle(theta, zero_c, g, k, G, atom_ptr, atom_logs, atom_w, atom_z,
+                            cell_logs, cell_z, nz_ptr, nz_y, nz_cell, minmu)
+    if not np.isfinite(b0):
+        return b0, zero_c
+    beta[0] = b0
+    a = math.exp(theta)
+    x = np.empty(p)
+    for _ in range(200):
+        info = np.zeros((p, p))
+        score = np.zeros(p)
+        for j in range(atom_ptr[k], atom_ptr[k + 1]):
+            x[0] = 1.0
+            x[1:] = atom_z[j]
+            mu = max(math.exp(atom_logs[j] + np.dot(x, beta)), minmu)
+            v = atom_w[j] * mu / (1.0 + a * mu)
+            score -= v * x
+            info += v * np.outer(x, x)
+        for e in range(nz_ptr[g * G + k], nz_ptr[g * G + k + 1]):
+            i = nz_cell[e]
+            x[0] = 1.0
+            x[1:] = cell_z[i]
+            mu = max(math.exp(cell_logs[i] + np.dot(x, beta)), minmu)
+            score += nz_y[e] / (1.0 + a * mu) * x
+        for d in range(p):
+            info[d, d] += 1e-10
+        step = np.linalg.solve(info, score)
+        big = np.max(np.abs(step))
+        if big > 5.0:
+            step *= 5.0 / big
+        beta = np.minimum(np.maximum(beta + step, -30.0), 30.0)
+        if big < 1e-10:
+            break
+    return beta[0], beta[1:].copy()
+
+
+# --- interpolation of per-gene control tables over a uniform theta grid -------------------
+
+@njit(cache=True)
+def quintic_hermite(x, x0, h, f, d1, d2):
+    """Value, first and second derivative at x of the quintic Hermite interpolant of nodes
+    x0 + j*h carrying f, f' and f''. Clamped to the grid ends."""
+    n = f.shape[0]
+    pos = (x - x0) / h
+    j = min(max(int(math.floor(pos)), 0), n - 2)
+    t = min(max(pos - j, 0.0), 1.0)
+    t2 = t * t
+    t3 = t2 * t
+    t4 = t3 * t
+    t5 = t4 * t
+    p0, p1 = f[j], f[j + 1]
+    m0, m1 = d1[j] * h, d1[j + 1] * h
+    s0, s1 = d2[j] * h * h, d2[j + 1] * h * h
+    val = (p0 * (1 - 10 * t3 + 15 * t4 - 6 * t5) + m0 * (t - 6 * t3 + 8 * t4 - 3 * t5)
+           + s0 * 0.5 * (t2 - 3 * t3 + 3 * t4 - t5) + s1 * 0.5 * (t3 - 2 * t4 + t5)
+           + m1 * (-4 * t3 + 7 * t4 - 3 * t5) + p1 * (10 * t3 - 15 * t4 + 6 * t5))
+    der = (p0 * (-30 * t2 + 60 * t3 - 30 * t4) + m0 * (1 - 18 * t2 + 32 * t3 - 15 * t4)
+           + s0 * 0.5 * (2 * t - 9 * t2 + 12 * t3 - 5 * t4) + s1 * 0.5 * (3 * t2 - 8 * t3 + 5 * t4)
+           + m1 * (-12 * t2 + 28 * t3 - 15 * t4) + p1 * (30 * t2 - 60 * t3 + 30 * t4))
+    sec = (p0 * (-60 * t + 180 * t2 - 120 * t3) + m0 * (-36 * t + 96 * t2 - 60 * t3)
+           + s0 * 0.5 * (2 - 18 * t + 36 * t2 - 20 * t3) + s1 * 0.5 * (6 * t - 24 * t2 + 20 * t3)
+           + m1 * (-24 * t + 84 * t2 - 60 * t3) + p1 * (60 * t - 180 * t2 + 120 * t3))
+    return val, der / h, sec / (h * h)
+
+
+@njit(cache=True)
+def cubic_hermite(x, x0, h, f, d1):
+    """Value at x of the cubic Hermite interpolant of nodes x0 + j*h carrying f and f'."""
+    n = f.shape[0]
+    pos = (x - x0) / h
+    j = min(max(int(math.floor(pos)), 0), n - 2)
+    t = min(max(pos - j, 0.0), 1.0)
+    t2 = t * t
+    t3 = t2 * t
+    return ((2 * t3 - 3 * t2 + 1) * f[j] + (t3 - 2 * t2 + t) * h * d1[j]
+            + (-2 * t3 + 3 * t2) * f[j + 1] + (t3 - t2) * h * d1[j + 1])

@@ -1,0 +1,142 @@
+"""Read-only access to an on-disk .h5ad: the count matrix in cell chunks, obs and var.
+
+The matrix is read straight from the HDF5 datasets with h5py (DESIGN.md section 3: a slice of
+`data`/`indices` per chunk of cells), never loaded whole. obs columns are decoded with
+anndata's element reader. Values are validated chunk by chunk as they stream past.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import h5py
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from .errors import InputError
+
+
+def _decode(x):
+    return x.decode() if isinstance(x, bytes) else str(x)
+
+
+@dataclass
+class CountSource:
+    """Where the counts live in the file and how they are stored."""
+
+    path: str
+    key: str          # "X", "layers/NAME" or "raw/X"
+    layout: str       # "csr", "csc" or "dense"
+    n_cells: int
+    n_genes: int
+
+
+def open_h5ad(path: str) -> h5py.File:
+    if not os.path.exists(path):
+        raise InputError(f"{path}: no such file; give the path of an .h5ad screen")
+    if os.path.getsize(path) == 0:
+        raise InputError(f"{path}: the file is empty; give a complete .h5ad screen")
+    try:
+        return h5py.File(path, "r")
+    except OSError as exc:
+        raise InputError(f"{path}: not a readable HDF5/.h5ad file ({exc}); "
+                         "check the file is complete (not truncated) and is an AnnData .h5ad"
+                         ) from None
+
+
+def locate_counts(f: h5py.File, layer: str | None) -> CountSource:
+    """Find the count matrix: X, layers/NAME or raw/X (layer='raw')."""
+    if layer is None:
+        key = "X"
+    elif layer in ("raw", "raw.X", "raw/X"):
+        key = "raw/X"
+    else:
+        key = f"layers/{layer}"
+    if key not in f:
+        there = sorted(f["layers"].keys()) if "layers" in f else []
+        extra = " and 'raw'" if "raw/X" in f else ""
+        raise InputError(f"no count matrix at '{key}'; layers in this file: "
+                         f"{there or 'none'}{extra}; pass --layer with one of them")
+    node = f[key]
+    if isinstance(node, h5py.Dataset):
+        if node.ndim != 2:
+            raise InputError(f"'{key}' is not a 2-d matrix; give a cells x genes count matrix")
+        return CountSource(f.filename, key, "dense", int(node.shape[0]), int(node.shape[1]))
+    enc = _decode(node.attrs.get("encoding-type", ""))
+    if enc not in ("csr_matrix", "csc_matrix"):
+        raise InputError(f"'{key}' has encoding '{enc}', not a CSR/CSC/dense matrix")
+    shape = tuple(int(s) for s in node.attrs["shape"])
+    return CountSource(f.filename, key, enc[:3], shape[0], shape[1])
+
+
+def read_var_names(f: h5py.File, src: CountSource) -> np.ndarray:
+    var = f["raw/var"] if src.key == "raw/X" else f["var"]
+    index_key = _decode(var.attrs.get("_index", "_index"))
+    names = np.array([_decode(x) for x in var[index_key][:]], dtype=object)
+    if names.shape[0] != src.n_genes:
+        raise InputError(f"var has {names.shape[0]} genes but the matrix has {src.n_genes}")
+    return names
+
+
+def read_obs(f: h5py.File) -> pd.DataFrame:
+    from anndata.io import read_elem
+
+    return read_elem(f["obs"])
+
+
+def iter_cell_chunks(f: h5py.File, src: CountSource, chunk_cells: int):
+    """Yield (start, CSR chunk of float64 counts) over consecutive cell ranges."""
+    node = f[src.key]
+    if src.layout == "csr":
+        indptr = node["indptr"][:].astype(np.int64)
+        data_ds, ind_ds = node["data"], node["indices"]
+        for start in range(0, src.n_cells, chunk_cells):
+            stop = min(start + chunk_cells, src.n_cells)
+            lo, hi = indptr[start], indptr[stop]
+            chunk = sp.csr_matrix(
+                (data_ds[lo:hi].astype(np.float64), ind_ds[lo:hi], indptr[start:stop + 1] - lo),
+                shape=(stop - start, src.n_genes))
+            yield start, chunk
+    elif src.layout == "dense":
+        for start in range(0, src.n_cells, chunk_cells):
+            stop = min(start + chunk_cells, src.n_cells)
+            yield start, sp.csr_matrix(node[start:stop].astype(np.float64))
+    else:
+        yield from _iter_csc(node, src, chunk_cells)
+
+
+def _iter_csc(node, src: CountSource, chunk_cells: int):
+    """CSC storage: read gene blocks (sequential slices of the file) and convert them to one
+    CSR matrix held as compactly as the non-zeros allow, then serve cell chunks from it."""
+    indptr = node["indptr"][:].astype(np.int64)
+    data_ds, ind_ds = node["data"], node["indices"]
+    blocks = []
+    step = max(1, 2_000_000 // max(1, src.n_cells))
+    for g0 in range(0, src.n_genes, step):
+        g1 = min(g0 + step, src.n_genes)
+        lo, hi = indptr[g0], indptr[g1]
+        blocks.append(sp.csc_matrix(
+            (data_ds[lo:hi].astype(np.float64), ind_ds[lo:hi], indptr[g0:g1 + 1] - lo),
+            shape=(src.n_cells, g1 - g0)).tocsr())
+    full = sp.hstack(blocks, format="csr") if blocks else sp.csr_matrix((src.n_cells, 0))
+    for start in range(0, src.n_cells, chunk_cells):
+        yield start, full[start:min(start + chunk_cells, src.n_cells)]
+
+
+def check_counts(chunk: sp.csr_matrix, start: int, key: str) -> None:
+    """Refuse values that are not raw counts: NaN/Inf, negative or non-integer."""
+    d = chunk.data
+    if d.size == 0:
+        return
+    if not np.all(np.isfinite(d)):
+        raise InputError(f"'{key}' holds NaN or infinite values (cells from {start}); "
+                         "give raw UMI counts")
+    if d.min() < 0:
+        raise InputError(f"'{key}' holds negative values (cells from {start}); it looks "
+                         "normalised or scaled; give raw counts (e.g. --layer counts)")
+    if np.any(d != np.floor(d)):
+        raise InputError(f"'{key}' holds non-integer values (cells from {start}); it looks "
+                         "normalised or log-transformed; give raw counts (e.g. --layer counts "
+                         "or --layer raw)")

@@ -1,0 +1,63 @@
+"""Per-cell size factors: library size, DESeq2's poscounts, or a user-given obs column."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from .errors import InputError
+
+
+def library(totals: np.ndarray) -> np.ndarray:
+    """Total counts over their geometric mean across cells with any counts."""
+    pos = totals > 0
+    sf = np.zeros_like(totals, dtype=np.float64)
+    sf[pos] = totals[pos] / np.exp(np.mean(np.log(totals[pos])))
+    return sf
+
+
+def poscounts(counts: sp.csr_matrix) -> np.ndarray:
+    """DESeq2's type="poscounts": median ratio of a cell's positive counts to each gene's
+    geometric mean (zeros counted as ones in the mean), rescaled to geometric mean 1."""
+    n_cells = counts.shape[0]
+    csc = counts.tocsc()
+    log_geo = np.full(counts.shape[1], -np.inf)
+    sums = np.zeros(counts.shape[1])
+    np.add.at(sums, csc.indices, np.log(csc.data))
+    nonzero_genes = np.diff(csc.indptr) > 0
+    log_geo[nonzero_genes] = sums[nonzero_genes] / n_cells
+    counts_per_cell = np.diff(counts.indptr)
+    rows = np.repeat(np.arange(n_cells), counts_per_cell)
+    ratios = np.log(counts.data) - log_geo[counts.indices]
+    ratios = ratios[np.lexsort((ratios, rows))]
+    sf = np.zeros(n_cells)
+    has = counts_per_cell > 0
+    start = counts.indptr[:-1][has]
+    n = counts_per_cell[has]
+    sf[has] = np.exp(0.5 * (ratios[start + (n - 1) // 2] + ratios[start + n // 2]))
+    pos = sf > 0
+    sf[pos] /= np.exp(np.mean(np.log(sf[pos])))
+    return sf
+
+
+def from_obs(obs: pd.DataFrame, column: str) -> np.ndarray:
+    if column not in obs.columns:
+        raise InputError(f"--size-factors obs:{column}: no obs column '{column}'; "
+                         f"obs columns are: {', '.join(map(str, obs.columns))}")
+    col = obs[column]
+    if not pd.api.types.is_numeric_dtype(col):
+        raise InputError(f"--size-factors obs:{column}: the column is not numeric")
+    sf = col.to_numpy(dtype=np.float64)
+    if not np.all(np.isfinite(sf)) or np.any(sf <= 0):
+        raise InputError(f"--size-factors obs:{column}: size factors must be positive and "
+                         "finite for every cell")
+    return sf
+
+
+def parse(spec: str) -> tuple[str, str | None]:
+    if spec in ("library", "poscounts"):
+        return spec, None
+    if spec.startswith("obs:") and len(spec) > 4:
+        return "obs", spec[4:]
+    raise InputError(f"--size-factors '{spec}': use library, poscounts or obs:COLUMN")

@@ -1,0 +1,226 @@
+"""The per-gene stages of the DESeq2 pipeline, compiled and parallel over genes.
+
+1. `initial_fit`: the means that DESeq2 holds fixed while it estimates dispersions. With no
+   covariates, DESeq2's linear-model mean (the group mean of normalised counts); with
+   covariates, an NB fit at the initial dispersion: intercept and covariate coefficients
+   from the control cells, then each group's intercept with those coefficients as offset.
+2. `control_tables`: the control group's contribution, tabulated once per gene over a theta
+   grid, so that no comparison revisits the control cells (DESIGN.md section 3).
+3. `gene_wise`: the Cox-Reid adjusted dispersion MLE of each (gene, comparison).
+4. `map_wald`: the MAP dispersion around the trend, then the Wald test of each comparison.
+"""
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+from .kernels import covariate_fit, cubic_hermite, group_mle, group_profile, quintic_hermite
+
+PROFILE_STEP = 0.5  # theta spacing of the quintic Hermite table of the control profile
+WALD_STEP = 0.5     # theta spacing of the cubic Hermite table of the control MLE
+
+
+@njit(cache=True, parallel=True)
+def initial_fit(theta0, control, G, group_n, atom_ptr, atom_logs, atom_w, atom_z,
+                cell_logs, cell_z, nz_ptr, nz_y, nz_cell, minmu):
+    """Returns b (genes x groups) and covariate coefficients c (genes x q)."""
+    n_genes = (nz_ptr.shape[0] - 1) // G
+    q = atom_z.shape[1]
+    b = np.empty((n_genes, G))
+    coef = np.zeros((n_genes, q))
+    for g in prange(n_genes):
+        if q > 0:
+            b0, c = covariate_fit(theta0, g, control, G, atom_ptr, atom_logs, atom_w, atom_z,
+                                  cell_logs, cell_z, nz_ptr, nz_y, nz_cell, minmu)
+            coef[g] = c
+            for k in range(G):
+                if k == control:
+                    b[g, k] = b0
+                else:
+                    b[g, k] = group_mle(theta0, coef[g], g, k, G, atom_ptr, atom_logs, atom_w,
+                                        atom_z, cell_logs, cell_z, nz_ptr, nz_y, nz_cell,
+                                        minmu)[0]
+        else:
+            for k in range(G):
+                norm = 0.0
+                for e in range(nz_ptr[g * G + k], nz_ptr[g * G + k + 1]):
+                    norm += nz_y[e] * math.exp(-cell_logs[nz_cell[e]])
+                b[g, k] = math.log(norm / group_n[k]) if norm > 0.0 else -np.inf
+    return b, coef
+
+
+@njit(cache=True, parallel=True)
+def control_tables(theta_lo, n_prof, n_wald, control, b, coef, G, atom_ptr, atom_logs,
+                   atom_w, atom_z, cell_logs, cell_z, nz_ptr, nz_y, nz_cell, minmu):
+    """Control profile (value, d1, d2) on theta_lo + j*PROFILE_STEP and control MLE
+    (b, db, fisher, dfisher) on theta_lo + j*WALD_STEP, for every gene."""
+    n_genes = b.shape[0]
+    prof = np.zeros((n_genes, 3, n_prof))
+    wald = np.zeros((n_genes, 4, n_wald))
+    for g in prange(n_genes):
+        b0 = b[g, control]
+        c = coef[g]
+        for j in range(n_prof):
+            h, h1, h2 = group_profile(theta_lo + j * PROFILE_STEP, b0, c, g, control, G,
+                                      atom_ptr, atom_logs, atom_w, atom_z, cell_logs, cell_z,
+                                      nz_ptr, nz_y, nz_cell, minmu)
+            prof[g, 0, j] = h
+            prof[g, 1, j] = h1
+            prof[g, 2, j] = h2
+        for j in range(n_wald):
+            bj, fj, dbj, dfj = group_mle(theta_lo + j * WALD_STEP, c, g, control, G, atom_ptr,
+                                         atom_logs, atom_w, atom_z, cell_logs, cell_z,
+                                         nz_ptr, nz_y, nz_cell, minmu)
+            wald[g, 0, j] = bj
+            wald[g, 1, j] = dbj
+            wald[g, 2, j] = fj
+            wald[g, 3, j] = dfj
+    return prof, wald
+
+
+@njit(cache=True)
+def _objective(theta, g, groups, b, coef, prof, theta_lo, use_table, prior_mean, prior_var,
+               G, atom_ptr, atom_logs, atom_w, atom_z, cell_logs, cell_z, nz_ptr, nz_y,
+               nz_cell, minmu):
+    """Sum of group profiles (control from its table when use_table) plus the log-normal
+    prior on the dispersion when prior_var > 0."""
+    F = 0.0
+    F1 = 0.0
+    F2 = 0.0
+    if use_table:
+        F, F1, F2 = quintic_hermite(theta, theta_lo, PROFILE_STEP, prof[g, 0], prof[g, 1],
+                                    prof[g, 2])
+    for k in groups:
+        h, h1, h2 = group_profile(theta, b[g, k], coef[g], g, k, G, atom_ptr, atom_logs,
+                                  atom_w, atom_z, cell_logs, cell_z, nz_ptr, nz_y, nz_cell,
+                                  minmu)
+        F += h
+        F1 += h1
+        F2 += h2
+    if prior_var > 0.0:
+        d = theta - prior_mean
+        F -= 0.5 * d * d / prior_var
+        F1 -= d / prior_var
+        F2 -= 1.0 / prior_var
+    return F, F1, F2
+
+
+@njit(cache=True)
+def _maximise(theta0, lo, hi, g, groups, b, coef, prof, theta_lo, use_table, prior_mean,
+              prior_var, G, atom_ptr, atom_logs, atom_w, atom_z, cell_logs, cell_z, nz_ptr,
+              nz_y, nz_cell, minmu):
+    """Maximise the objective over theta in [lo, hi]: Newton steps where it is concave,
+    gradient steps elsewhere, each step halved until the objective does not decrease."""
+    th = min(max(theta0, lo), hi)
+    F, F1, F2 = _objective(th, g, groups, b, coef, prof, theta_lo, use_table, prior_mean,
+                           prior_var, G, atom_ptr, atom_logs, atom_w, atom_z, cell_logs, cell_z,
+                           nz_ptr, nz_y, nz_cell, minmu)
+    for _ in range(200):
+        step = -F1 / F2 if F2 < 0.0 else (1.0 if F1 > 0.0 else -1.0)
+        step = min(max(step, -2.0), 2.0)
+        moved = False
+        for _half in range(40):
+            cand = min(max(th + step, lo), hi)
+            if cand == th:
+                break
+            Fc, F1c, F2c = _objective(cand, g, groups, b, coef, prof, theta_lo, use_table,
+                                      prior_mean, prior_var, G, atom_ptr, atom_logs, atom_w,
+                                      atom_z, cell_logs, cell_z, nz_ptr, nz_y, nz_cell, minmu)
+            if Fc >= F - 1e-12 * abs(F):
+                moved = abs(cand - th) > 1e-9
+                th, F, F1, F2 = cand, Fc, F1c, F2c
+                break
+            step *= 0.5
+        if not moved:
+            break
+    return th
+
+
+@njit(cache=True, parallel=True)
+def gene_wise(comps, control, theta_start, lo, hi, b, coef, prof, theta_lo, skip, G,
+              atom_ptr, atom_logs, atom_w, atom_z, cell_logs, cell_z, nz_ptr, nz_y, nz_cell,
+              minmu):
+    """Gene-wise dispersion (theta) of each gene in each comparison `comps[j]` (a group index
+    tested against the control; -1 means every group together, with no table). hi[j] is the
+    upper bound of comparison j; skip[g, j] marks pairs with no counts at all."""
+    n_genes = b.shape[0]
+    out = np.full((n_genes, comps.shape[0]), np.nan)
+    everyone = np.arange(G)
+    single = np.empty(1, dtype=np.int64)
+    for g in prange(n_genes):
+        for j in range(comps.shape[0]):
+            if skip[g, j]:
+                continue
+            if comps[j] < 0:
+                out[g, j] = _maximise(theta_start, lo, hi[j], g, everyone, b, coef, prof,
+                                      theta_lo, False, 0.0, 0.0, G, atom_ptr, atom_logs,
+                                      atom_w, atom_z, cell_logs, cell_z, nz_ptr, nz_y, nz_cell,
+                                      minmu)
+            else:
+                grp = single.copy()
+                grp[0] = comps[j]
+                out[g, j] = _maximise(theta_start, lo, hi[j], g, grp, b, coef, prof, theta_lo,
+                                      True, 0.0, 0.0, G, atom_ptr, atom_logs, atom_w, atom_z,
+                                      cell_logs, cell_z, nz_ptr, nz_y, nz_cell, minmu)
+    return out
+
+
+@njit(cache=True, parallel=True)
+def map_dispersion(comps, theta_gene, theta_fit, prior_var, lo, hi, b, coef, prof, theta_lo,
+                   G, atom_ptr, atom_logs, atom_w, atom_z, cell_logs, cell_z, nz_ptr, nz_y,
+                   nz_cell, minmu):
+    """Maximum a posteriori theta with a normal prior N(theta_fit, prior_var[j]), started
+    where DESeq2 starts it (the gene-wise value unless far below the trend)."""
+    n_genes = b.shape[0]
+    out = np.full((n_genes, comps.shape[0]), np.nan)
+    everyone = np.arange(G)
+    single = np.empty(1, dtype=np.int64)
+    for g in prange(n_genes):
+        for j in range(comps.shape[0]):
+            if not np.isfinite(theta_gene[g, j]):
+                continue
+            start = theta_gene[g, j]
+            if start <= theta_fit[g, j] + math.log(0.1):
+                start = theta_fit[g, j]
+            if comps[j] < 0:
+                out[g, j] = _maximise(start, lo, hi[j], g, everyone, b, coef, prof, theta_lo,
+                                      False, theta_fit[g, j], prior_var[j], G, atom_ptr,
+                                      atom_logs, atom_w, atom_z, cell_logs, cell_z, nz_ptr,
+                                      nz_y, nz_cell, minmu)
+            else:
+                grp = single.copy()
+                grp[0] = comps[j]
+                out[g, j] = _maximise(start, lo, hi[j], g, grp, b, coef, prof, theta_lo, True,
+                                      theta_fit[g, j], prior_var[j], G, atom_ptr, atom_logs,
+                                      atom_w, atom_z, cell_logs, cell_z, nz_ptr, nz_y, nz_cell,
+                                      minmu)
+    return out
+
+
+@njit(cache=True, parallel=True)
+def wald(comps, control, theta, coef, wald_table, theta_lo, G, atom_ptr, atom_logs, atom_w,
+         atom_z, cell_logs, cell_z, nz_ptr, nz_y, nz_cell, minmu):
+    """Natural-log fold change of group comps[j] over the control at dispersion
+    exp(theta[g, j]) and its Fisher standard error sqrt(1/I_control + 1/I_group).
+    NaN where either group has no counts (the MLE lies at the boundary)."""
+    n_genes = theta.shape[0]
+    lfc = np.full((n_genes, comps.shape[0]), np.nan)
+    se = np.full((n_genes, comps.shape[0]), np.nan)
+    for g in prange(n_genes):
+        for j in range(comps.shape[0]):
+            th = theta[g, j]
+            if not np.isfinite(th):
+                continue
+            tab = wald_table[g]
+            if not np.isfinite(tab[0, 0]):
+                continue
+            b0 = cubic_hermite(th, theta_lo, WALD_STEP, tab[0], tab[1])
+            i0 = cubic_hermite(th, theta_lo, WALD_STEP, tab[2], tab[3])
+            bk, ik, _, _ = group_mle(th, coef[g], g, comps[j], G, atom_ptr, atom_logs, atom_w,
+                                     atom_z, cell_logs, cell_z, nz_ptr, nz_y, nz_cell, minmu)
+            if not np.isfinite(bk) or i0 <= 0.0 or ik <= 0.0:
+                continue
+            lfc[g, j] = bk - b0
+            se[g, j] = math.sqrt(1.0 / i0 + 1.0 / ik)
+    return lfc, se

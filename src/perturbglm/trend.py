@@ -1,0 +1,108 @@
+"""DESeq2's mean-dispersion trend and the prior it sets for the MAP dispersions.
+
+Parametric fit a0 + a1/mean by a Gamma-family GLM with identity link, iterated with outlier
+removal; when it fails (a coefficient not positive, no convergence) a local quadratic
+regression of log dispersion on log mean takes over, as DESeq2 falls back to locfit.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.special import polygamma
+
+MIN_DISP = 1e-8
+
+
+def _gamma_identity_glm(y, x, start, maxit=25, tol=1e-8):
+    """Gamma GLM with identity link, y ~ c0 + c1 x, by IRLS (R's glm.fit convergence rule).
+    Returns (coefficients, converged)."""
+    X = np.column_stack([np.ones_like(x), x])
+    coef = np.asarray(start, dtype=float)
+    mu = X @ coef
+    if np.any(mu <= 0):
+        return coef, False
+    dev = 2 * np.sum(-np.log(y / mu) + (y - mu) / mu)
+    for _ in range(maxit):
+        w = 1.0 / mu**2
+        XtW = X.T * w
+        coef = np.linalg.solve(XtW @ X, XtW @ y)
+        mu = X @ coef
+        if np.any(mu <= 0):
+            return coef, False
+        dev_new = 2 * np.sum(-np.log(y / mu) + (y - mu) / mu)
+        if abs(dev_new - dev) / (abs(dev_new) + 0.1) < tol:
+            return coef, True
+        dev = dev_new
+    return coef, False
+
+
+def parametric(means, disps):
+    """DESeq2's parametricDispersionFit; returns (a0, a1) or None when it fails."""
+    coefs = np.array([0.1, 1.0])
+    for _ in range(11):
+        resid = disps / (coefs[0] + coefs[1] / means)
+        good = (resid > 1e-4) & (resid < 15)
+        if good.sum() < 3:
+            return None
+        new, converged = _gamma_identity_glm(disps[good], 1.0 / means[good], coefs)
+        if not np.all(new > 0):
+            return None
+        done = np.sum(np.log(new / coefs) ** 2) < 1e-6 and converged
+        coefs = new
+        if done:
+            return coefs
+    return None
+
+
+def local(means, disps, at, span=0.7):
+    """Local quadratic regression of log dispersion on log mean (tricube kernel over the
+    nearest `span` fraction of genes, weighted by mean), evaluated at the means `at`;
+    the locfit defaults DESeq2 uses."""
+    x = np.log(means)
+    y = np.log(disps)
+    n = x.size
+    k = max(3, int(np.ceil(span * n)))
+    xa = np.log(at)
+    out = np.empty(xa.size)
+    for i, x0 in enumerate(xa):
+        d = np.abs(x - x0)
+        h = np.partition(d, k - 1)[k - 1] * (1 + 1e-10) + 1e-12
+        w = np.clip(1 - (d / h) ** 3, 0, None) ** 3 * means
+        t = x - x0
+        X = np.column_stack([np.ones(n), t, t * t])
+        XtW = X.T * w
+        beta = np.linalg.lstsq(XtW @ X, XtW @ y, rcond=None)[0]
+        out[i] = beta[0]
+    return np.exp(out)
+
+
+def fit(base_mean, disp_gene):
+    """Trend evaluated at every gene's mean (NaN where the mean is 0) and the fit's kind."""
+    trend = np.full(base_mean.shape, np.nan)
+    ok = np.isfinite(disp_gene) & (base_mean > 0)
+    use = ok & (disp_gene > 100 * MIN_DISP)
+    if use.sum() == 0:
+        trend[ok] = 10 * MIN_DISP
+        return trend, "none"
+    coefs = parametric(base_mean[use], disp_gene[use]) if use.sum() >= 3 else None
+    if coefs is not None:
+        trend[ok] = coefs[0] + coefs[1] / base_mean[ok]
+        return trend, "parametric"
+    loc = ok & (disp_gene >= 10 * MIN_DISP)
+    trend[ok] = local(base_mean[loc], disp_gene[loc], base_mean[ok])
+    return trend, "local"
+
+
+def prior_variance(disp_gene, trend, n_cells, n_coef):
+    """DESeq2's prior variance of log dispersions around the trend: the squared MAD of the
+    residuals minus their expected sampling variance trigamma((m - p) / 2), at least 0.25.
+    Returns (prior variance, squared MAD); the latter sets the outlier rule."""
+    use = np.isfinite(disp_gene) & np.isfinite(trend) & (disp_gene >= 100 * MIN_DISP)
+    if use.sum() == 0:
+        return 0.25, 0.25
+    resid = np.log(disp_gene[use]) - np.log(trend[use])
+    var_log = (1.4826 * np.median(np.abs(resid - np.median(resid)))) ** 2
+    df = n_cells - n_coef
+    if df <= 0:
+        return var_log, var_log
+    return max(var_log - float(polygamma(1, df / 2)), 0.25), var_log

@@ -24,7 +24,8 @@ def poscounts(counts: sp.csr_matrix) -> np.ndarray:
     csc = counts.tocsc()
     log_geo = np.full(counts.shape[1], -np.inf)
     sums = np.zeros(counts.shape[1])
-    np.add.at(sums, csc.indices, np.log(csc.data))
+    np.add.at(sums, np.repeat(np.arange(counts.shape[1]), np.diff(csc.indptr)),
+              np.log(csc.data))
     nonzero_genes = np.diff(csc.indptr) > 0
     log_geo[nonzero_genes] = sums[nonzero_genes] / n_cells
     counts_per_cell = np.diff(counts.indptr)

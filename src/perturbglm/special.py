@@ -2,7 +2,7 @@
 
 numba cannot call scipy.special in nopython mode, so the two polygamma functions the NB
 likelihood needs are evaluated here by recurrence plus the asymptotic series (absolute error
-below 1e-12 for x > 0); tests check them against scipy.
+below 1e-12 relative for x > 0); tests check them against scipy.
 """
 
 import math
@@ -15,7 +15,7 @@ _SMALL_COUNT = 64  # counts up to this use exact finite sums, which stay accurat
 @njit(cache=True)
 def digamma(x):
     acc = 0.0
-    while x < 6.0:
+    while x < 10.0:
         acc -= 1.0 / x
         x += 1.0
     inv = 1.0 / x
@@ -28,7 +28,7 @@ def digamma(x):
 @njit(cache=True)
 def trigamma(x):
     acc = 0.0
-    while x < 6.0:
+    while x < 10.0:
         acc += 1.0 / (x * x)
         x += 1.0
     inv = 1.0 / x

@@ -1,0 +1,320 @@
+"""Refusals of `perturbglm de`: every bad input ends in one `perturbglm: error:` line, exit
+code 2, no traceback, no --out folder and no other file written; plus the runs that must
+succeed next to them (--overwrite, skipped perturbations, CSC/dense storage)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+from perturbglm.cli import main
+
+N_GENES = 8
+LABELS = ["NT"] * 30 + ["A"] * 20 + ["B"] * 10      # 60 cells; B is the smallest group
+N_CELLS = len(LABELS)
+BASE = ["--groupby", "perturbation", "--control", "NT"]
+
+
+# ---------------------------------------------------------------- screen builders
+
+def counts(seed: int = 0) -> np.ndarray:
+    """Integer counts (float32) with a few genes shifted in A and B."""
+    rng = np.random.default_rng(seed)
+    mu = np.tile(rng.uniform(2.0, 20.0, size=N_GENES), (N_CELLS, 1))
+    lab = np.array(LABELS)
+    mu[lab == "A", 0] *= 3.0
+    mu[lab == "B", 1] *= 0.3
+    return rng.negative_binomial(5, 5.0 / (5.0 + mu)).astype(np.float32)
+
+
+def base_obs(seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed + 1)
+    return pd.DataFrame(
+        {
+            "perturbation": pd.Categorical(LABELS, categories=["NT", "A", "B"]),
+            "batch": pd.Categorical(["b1", "b2"] * (N_CELLS // 2)),
+            "depth": rng.uniform(0.5, 2.0, size=N_CELLS),
+        },
+        index=[f"cell{i}" for i in range(N_CELLS)],
+    )
+
+
+def write_screen(path, x=None, layout: str = "csr", layers=None, **columns) -> str:
+    """Write a tiny screen; `columns` are extra obs columns, `layers` a dict of matrices."""
+    x = counts() if x is None else np.asarray(x, dtype=np.float32)
+    mat = {"csr": sp.csr_matrix, "csc": sp.csc_matrix, "dense": np.asarray}[layout](x)
+    obs = base_obs()
+    for name, values in columns.items():
+        obs[name] = values
+    adata = ad.AnnData(
+        X=mat, obs=obs,
+        var=pd.DataFrame(index=[f"g{j}" for j in range(N_GENES)]),
+        layers={k: sp.csr_matrix(np.asarray(v, dtype=np.float32))
+                for k, v in (layers or {}).items()},
+    )
+    adata.write_h5ad(path)
+    return str(path)
+
+
+@pytest.fixture
+def screen(tmp_path) -> str:
+    return write_screen(tmp_path / "screen.h5ad")
+
+
+def snapshot(root) -> dict:
+    """Every file and folder under root with its content hash and mtime."""
+    state = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for d in dirnames:
+            state[os.path.relpath(os.path.join(dirpath, d), root)] = "dir"
+        for name in filenames:
+            p = os.path.join(dirpath, name)
+            with open(p, "rb") as fh:
+                digest = hashlib.sha256(fh.read()).hexdigest()
+            state[os.path.relpath(p, root)] = (digest, os.stat(p).st_mtime_ns)
+    return state
+
+
+def refuse(tmp_path, capsys, screen_path, args, *needles, out_name: str = "out") -> str:
+    """Run `perturbglm de` and check it is a clean one-line refusal that wrote nothing."""
+    out = tmp_path / out_name
+    existed = out.exists()
+    before = snapshot(tmp_path)
+    rc = main(["de", str(screen_path), *args, "--out", str(out)])
+    cap = capsys.readouterr()
+    err = cap.err
+    assert rc == 2, err
+    assert err.startswith("perturbglm: error:"), err
+    assert err.endswith("\n") and err.count("\n") == 1, err
+    assert "Traceback" not in err
+    assert cap.out == ""
+    for needle in needles:
+        assert needle in err, f"{needle!r} not in {err!r}"
+    assert out.exists() == existed
+    assert snapshot(tmp_path) == before, "files appeared, vanished or changed"
+    return err
+
+
+def succeed(tmp_path, capsys, screen_path, args, out_name: str = "out"):
+    out = tmp_path / out_name
+    rc = main(["de", str(screen_path), *args, "--out", str(out)])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    for name in ("results.parquet", "summary.csv", "run.json"):
+        assert (out / name).is_file()
+    stray = [p for p in os.listdir(tmp_path) if p.startswith(".perturbglm-")]
+    assert stray == []
+    return cap, out
+
+
+# ---------------------------------------------------------------- count values
+
+def test_non_integer_values(tmp_path, capsys):
+    x = np.log1p(counts())
+    path = write_screen(tmp_path / "norm.h5ad", x=x)
+    err = refuse(tmp_path, capsys, path, BASE, "non-integer", "raw counts")
+    assert "'X'" in err
+
+
+def test_negative_values(tmp_path, capsys):
+    x = counts()
+    x[5, 2] = -3.0
+    path = write_screen(tmp_path / "neg.h5ad", x=x)
+    refuse(tmp_path, capsys, path, BASE, "negative", "raw counts")
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf], ids=["nan", "inf"])
+def test_nan_inf_values(tmp_path, capsys, bad):
+    x = counts()
+    x[7, 3] = bad
+    path = write_screen(tmp_path / "bad.h5ad", x=x)
+    refuse(tmp_path, capsys, path, BASE, "NaN or infinite", "raw")
+
+
+# ---------------------------------------------------------------- groupby / control
+
+def test_unknown_groupby(tmp_path, capsys, screen):
+    refuse(tmp_path, capsys, screen, ["--groupby", "pert", "--control", "NT"],
+           "'pert'", "obs columns", "perturbation", "batch", "depth")
+
+
+def test_unknown_control_suggests(tmp_path, capsys, screen):
+    refuse(tmp_path, capsys, screen, ["--groupby", "perturbation", "--control", "NTT"],
+           "'NTT'", "did you mean 'NT'")
+
+
+def test_groupby_single_label(tmp_path, capsys):
+    path = write_screen(tmp_path / "s.h5ad", lane=pd.Categorical(["L1"] * N_CELLS))
+    refuse(tmp_path, capsys, path, ["--groupby", "lane", "--control", "L1"],
+           "'lane'", "one label only")
+
+
+# ---------------------------------------------------------------- covariates
+
+def test_unknown_covariate(tmp_path, capsys, screen):
+    refuse(tmp_path, capsys, screen, [*BASE, "--covariates", "batch,plate"],
+           "'plate'", "obs columns", "batch")
+
+
+def test_covariate_is_groupby(tmp_path, capsys, screen):
+    refuse(tmp_path, capsys, screen, [*BASE, "--covariates", "perturbation"],
+           "'perturbation'", "--groupby column", "confounded")
+
+
+def test_collinear_covariates(tmp_path, capsys):
+    batch2 = pd.Categorical(["x1", "x2"] * (N_CELLS // 2))      # same split as batch
+    path = write_screen(tmp_path / "s.h5ad", batch2=batch2)
+    refuse(tmp_path, capsys, path, [*BASE, "--covariates", "batch,batch2"],
+           "batch2", "collinear")
+
+
+def test_covariate_level_without_control(tmp_path, capsys):
+    site = pd.Categorical(["s1" if lab == "NT" else ("s2" if i % 2 else "s1")
+                           for i, lab in enumerate(LABELS)])
+    path = write_screen(tmp_path / "s.h5ad", site=site)
+    refuse(tmp_path, capsys, path, [*BASE, "--covariates", "site"],
+           "'site'", "'s2'", "no control cells")
+
+
+# ---------------------------------------------------------------- --out
+
+def test_existing_out_needs_overwrite(tmp_path, capsys, screen):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("earlier results\n")
+    refuse(tmp_path, capsys, screen, BASE, "'" + str(out) + "'", "exists", "--overwrite")
+    assert (out / "keep.txt").read_text() == "earlier results\n"
+    assert os.listdir(out) == ["keep.txt"]
+
+    succeed(tmp_path, capsys, screen, [*BASE, "--overwrite"])
+    assert sorted(os.listdir(tmp_path)) == ["out", "screen.h5ad"]
+
+
+# ---------------------------------------------------------------- unreadable files
+
+def test_empty_file(tmp_path, capsys):
+    path = tmp_path / "empty.h5ad"
+    path.write_bytes(b"")
+    refuse(tmp_path, capsys, path, BASE, "empty.h5ad", "empty")
+
+
+def test_text_file(tmp_path, capsys):
+    path = tmp_path / "text.h5ad"
+    path.write_text("cell,gene,count\nc1,g1,3\n")
+    refuse(tmp_path, capsys, path, BASE, "text.h5ad", "not a readable HDF5")
+
+
+def test_truncated_file(tmp_path, capsys, screen):
+    data = open(screen, "rb").read()
+    path = tmp_path / "truncated.h5ad"
+    path.write_bytes(data[: len(data) // 2])
+    os.remove(screen)
+    refuse(tmp_path, capsys, path, BASE, "truncated.h5ad", "truncated")
+
+
+def test_missing_file(tmp_path, capsys):
+    refuse(tmp_path, capsys, tmp_path / "nope.h5ad", BASE, "nope.h5ad", "no such file")
+
+
+# ---------------------------------------------------------------- --layer
+
+def test_unknown_layer(tmp_path, capsys):
+    path = write_screen(tmp_path / "s.h5ad", layers={"counts": counts(), "spliced": counts(1)})
+    refuse(tmp_path, capsys, path, [*BASE, "--layer", "raw_counts"],
+           "layers/raw_counts", "layers in this file", "'counts'", "'spliced'")
+
+
+def test_unknown_layer_no_layers(tmp_path, capsys, screen):
+    refuse(tmp_path, capsys, screen, [*BASE, "--layer", "counts"],
+           "layers/counts", "layers in this file: none")
+
+
+# ---------------------------------------------------------------- --size-factors
+
+def test_bad_size_factor_spec(tmp_path, capsys, screen):
+    refuse(tmp_path, capsys, screen, [*BASE, "--size-factors", "median"],
+           "'median'", "library, poscounts or obs:COLUMN")
+
+
+def test_size_factor_column_missing(tmp_path, capsys, screen):
+    refuse(tmp_path, capsys, screen, [*BASE, "--size-factors", "obs:sf"],
+           "obs:sf", "'sf'", "obs columns", "depth")
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0], ids=["zero", "negative"])
+def test_size_factor_column_not_positive(tmp_path, capsys, bad):
+    sf = np.ones(N_CELLS)
+    sf[11] = bad
+    path = write_screen(tmp_path / "s.h5ad", sf=sf)
+    refuse(tmp_path, capsys, path, [*BASE, "--size-factors", "obs:sf"], "obs:sf", "positive")
+
+
+# ---------------------------------------------------------------- --min-cells
+
+def test_min_cells_above_every_perturbation(tmp_path, capsys, screen):
+    refuse(tmp_path, capsys, screen, [*BASE, "--min-cells", "25"],
+           "every perturbation", "--min-cells 25")
+
+
+def test_min_cells_skips_one_perturbation(tmp_path, capsys, screen):
+    cap, out = succeed(tmp_path, capsys, screen, [*BASE, "--min-cells", "15"])
+    assert "skipped 1 perturbation(s)" in cap.out
+    assert "B (10 cells)" in cap.out
+    table = pd.read_parquet(out / "results.parquet")
+    assert set(table["perturbation"]) == {"A"}
+
+
+# ---------------------------------------------------------------- input untouched
+
+@pytest.mark.parametrize("size_factors", [
+    "library",
+    "obs:depth",
+    "poscounts",
+])
+def test_input_not_modified(tmp_path, capsys, screen, size_factors):
+    st = os.stat(screen)
+    data = open(screen, "rb").read()
+    succeed(tmp_path, capsys, screen,
+            [*BASE, "--covariates", "batch,depth", "--size-factors", size_factors])
+    assert open(screen, "rb").read() == data
+    after = os.stat(screen)
+    assert (after.st_mtime_ns, after.st_size) == (st.st_mtime_ns, st.st_size)
+
+
+# ---------------------------------------------------------------- storage layouts
+
+@pytest.mark.parametrize("layout", ["csc", "dense"])
+def test_layouts_agree(tmp_path, capsys, layout):
+    ref_path = write_screen(tmp_path / "csr.h5ad")
+    alt_path = write_screen(tmp_path / f"{layout}.h5ad", layout=layout)
+    _, ref_out = succeed(tmp_path, capsys, ref_path, [*BASE, "--covariates", "batch"], "o_csr")
+    _, alt_out = succeed(tmp_path, capsys, alt_path, [*BASE, "--covariates", "batch"], "o_alt")
+    ref = pd.read_parquet(ref_out / "results.parquet")
+    alt = pd.read_parquet(alt_out / "results.parquet")
+    assert len(ref) == 2 * N_GENES
+    assert list(ref.columns) == list(alt.columns)
+    num = ref.select_dtypes("number").columns
+    other = [c for c in ref.columns if c not in num]
+    pd.testing.assert_frame_equal(ref[other], alt[other])
+    pd.testing.assert_frame_equal(ref[num], alt[num], check_exact=False, rtol=1e-10, atol=0)
+
+
+@pytest.mark.parametrize("shape", [(5, 40), (40, 5)], ids=["wide", "tall"])
+def test_poscounts_matches_deseq2(shape):
+    from perturbglm.size_factors import poscounts
+
+    x = np.random.default_rng(3).poisson(3.0, size=shape).astype(np.float64)
+    pos = x > 0
+    logs = np.log(np.where(pos, x, 1.0))                  # zeros count as ones
+    log_geo = logs.sum(axis=0) / x.shape[0]
+    log_geo[~pos.any(axis=0)] = -np.inf
+    expected = np.array([np.exp(np.median((logs[i] - log_geo)[pos[i] & np.isfinite(log_geo)]))
+                         for i in range(x.shape[0])])
+    expected /= np.exp(np.mean(np.log(expected)))
+    np.testing.assert_allclose(poscounts(sp.csr_matrix(x)), expected, rtol=1e-12)

@@ -11,10 +11,10 @@ import os
 
 import pandas as pd
 import pytest
-from agreement import metrics
 from conftest import REFERENCE, TARGETS
 
 import perturbglm
+from perturbglm.compare import metrics
 
 
 @pytest.fixture(scope="module")

@@ -125,9 +125,9 @@ def _score_terms(b, a, c, g, k, G, atom_ptr, atom_logs, atom_w, atom_z,
 
 @njit(cache=True)
 def group_mle(theta, c, g, k, G, atom_ptr, atom_logs, atom_w, atom_z,
-              cell_logs, cell_z, nz_ptr, nz_y, nz_cell, minmu):
+              cell_logs, cell_z, nz_ptr, nz_y, nz_cell, minmu, b_start=np.nan):
     """Maximum-likelihood group intercept b at fixed dispersion exp(theta), by Newton's
-    method on the concave log-likelihood, started from the Poisson estimate.
+    method on the concave log-likelihood, started from b_start or the Poisson estimate.
 
     Returns (b, fisher, db/dtheta, dfisher/dtheta); b = -inf and zeros for a group with no
     counts, whose MLE lies at the boundary."""
@@ -136,10 +136,13 @@ def group_mle(theta, c, g, k, G, atom_ptr, atom_logs, atom_w, atom_z,
         ysum += nz_y[e]
     if ysum <= 0.0:
         return -np.inf, 0.0, 0.0, 0.0
-    expo = 0.0
-    for j in range(atom_ptr[k], atom_ptr[k + 1]):
-        expo += atom_w[j] * math.exp(_offset(atom_logs[j], atom_z[j], c))
-    b = math.log(ysum / expo)
+    if np.isfinite(b_start):
+        b = b_start
+    else:
+        expo = 0.0
+        for j in range(atom_ptr[k], atom_ptr[k + 1]):
+            expo += atom_w[j] * math.exp(_offset(atom_logs[j], atom_z[j], c))
+        b = math.log(ysum / expo)
     a = math.exp(theta)
     for _ in range(100):
         score, hess, _, _, _, _ = _score_terms(b, a, c, g, k, G, atom_ptr, atom_logs, atom_w,

@@ -18,7 +18,7 @@ from numba import njit, prange
 from .kernels import covariate_fit, cubic_hermite, group_mle, group_profile, quintic_hermite
 
 PROFILE_STEP = 0.5  # theta spacing of the quintic Hermite table of the control profile
-WALD_STEP = 0.5     # theta spacing of the cubic Hermite table of the control MLE
+WALD_STEP = 1.0     # theta spacing of the cubic Hermite table of the control MLE
 
 
 @njit(cache=True, parallel=True)
@@ -68,10 +68,11 @@ def control_tables(theta_lo, n_prof, n_wald, control, b, coef, G, atom_ptr, atom
             prof[g, 0, j] = h
             prof[g, 1, j] = h1
             prof[g, 2, j] = h2
+        bj = np.nan
         for j in range(n_wald):
             bj, fj, dbj, dfj = group_mle(theta_lo + j * WALD_STEP, c, g, control, G, atom_ptr,
                                          atom_logs, atom_w, atom_z, cell_logs, cell_z,
-                                         nz_ptr, nz_y, nz_cell, minmu)
+                                         nz_ptr, nz_y, nz_cell, minmu, bj)
             wald[g, 0, j] = bj
             wald[g, 1, j] = dbj
             wald[g, 2, j] = fj

@@ -1,4 +1,9 @@
-"""Agreement metrics between a perturbglm table and an R reference CSV (issue 2's targets)."""
+"""Agreement of one perturbation's results with an R DESeq2 or glmGamPoi results table.
+
+The metrics users check when they compare with DESeq2: Pearson of log2 fold changes over
+estimable genes (reference lfcSE <= 10), Spearman of -log10 p, overlap of the 50 smallest
+p-values, and the median relative difference of dispersions.
+"""
 
 import numpy as np
 import pandas as pd

@@ -21,6 +21,11 @@ DATA = os.path.join(HERE, "..", "..", "shared", "data")
 TARGETS = ["ATF2", "CD86", "IFNGR1", "IRF1", "MYC", "NFKBIA", "SPI1", "STAT2"]
 
 
+def _cell(df, col, worst):
+    """Median over targets, and the worst target in brackets."""
+    return f"{np.median(df[col]):.4f} ({worst(df[col]):.4f})"
+
+
 def main():
     screen = os.path.join(DATA, "papalexi_eccite_lowmoi.h5ad")
     runs = {
@@ -39,12 +44,10 @@ def main():
                                                    f"{prefix}_{t}.csv"), index_col="gene"))
                   for t in TARGETS]
             df = pd.DataFrame(ms)
-
-            def cell(col, worst):
-                return f"{np.median(df[col]):.4f} ({worst(df[col]):.4f})"
-            print(f"{kind:24s} {design:6s} {cell('lfc_pearson', np.min):>18s} "
-                  f"{cell('logp_spearman', np.min):>18s} {cell('top50_overlap', np.min):>12s} "
-                  f"{cell('disp_median_rel', np.max):>14s}")
+            print(f"{kind:24s} {design:6s} {_cell(df, 'lfc_pearson', np.min):>18s} "
+                  f"{_cell(df, 'logp_spearman', np.min):>18s} "
+                  f"{_cell(df, 'top50_overlap', np.min):>12s} "
+                  f"{_cell(df, 'disp_median_rel', np.max):>14s}")
 
 
 if __name__ == "__main__":

@@ -23,11 +23,10 @@ SCREEN = os.path.join(HERE, "..", "..", "shared", "data", "papalexi_eccite_lowmo
 
 DE_CALL = """
 import sys, time
-t0 = time.perf_counter()
 import perturbglm
-t1 = time.perf_counter()
+t0 = time.perf_counter()
 perturbglm.de(sys.argv[1], groupby="gene", control="non-targeting", threads=int(sys.argv[2]))
-print(time.perf_counter() - t1)
+print(time.perf_counter() - t0)
 """
 
 CRISPYX_CALL = """

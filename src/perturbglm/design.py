@@ -63,9 +63,8 @@ def build(obs: pd.DataFrame, groupby: str, control: str, covariates: list[str],
     if len(kept) == 1:
         raise InputError(f"every perturbation has fewer than --min-cells {min_cells} cells; "
                          "lower --min-cells")
-    code = {u: i for i, u in enumerate(kept)}
-    cell_group = np.array([code.get(lab, -1) if ok else -1
-                           for lab, ok in zip(labels_all, present, strict=True)], dtype=np.int64)
+    code = pd.Categorical(labels_all, categories=kept).codes.astype(np.int64)
+    cell_group = np.where(present, code, -1)
     z, names, categorical_only = _covariates(obs, covariates, cell_group, groupby)
     return Design(kept, 0, cell_group, z, names, categorical_only, skipped,
                   int((~present).sum()))

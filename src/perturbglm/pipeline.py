@@ -95,9 +95,9 @@ def run(path: str, opts: Options, progress=None) -> dict:
         sf = obs_sf
     empty = (des.cell_group >= 0) & ~(sf > 0)
     des.cell_group[empty] = -1
-    for k in range(des.n_groups):
-        if not np.any(des.cell_group == k):
-            raise InputError(f"group '{des.labels[k]}' has no cells with counts left")
+    counted = np.bincount(des.cell_group[des.cell_group >= 0], minlength=des.n_groups)
+    for k in np.flatnonzero(counted == 0):
+        raise InputError(f"group '{des.labels[k]}' has no cells with counts left")
     block = summaries.build_block(data.counts, des.cell_group, sf, des.covariates,
                                   des.categorical_only, des.n_groups)
     t1 = time.perf_counter()
@@ -149,9 +149,11 @@ def _fit(block: summaries.GeneBlock, des, genes, opts: Options):
         bm = base_mean
     max_disp = np.maximum(10.0, m_cells)
     hi = np.log(max_disp)
-    skip = ~(bm > 0)
-    th_gene = stages.gene_wise(comps, ctrl, math.log(ALPHA_INIT), lo, hi, b, coef, prof,
-                               theta_lo, skip, *args, minmu)
+    no_counts = ~(bm > 0)
+    start = np.where(no_counts, np.nan, math.log(ALPHA_INIT))
+    no_prior = np.zeros(comps.shape[0])
+    th_gene = stages.dispersions(comps, start, start, no_prior, lo, hi, b, coef, prof,
+                                 theta_lo, *args, minmu)
     disp_gene = np.clip(np.exp(th_gene), MIN_DISP, max_disp[None, :])
     disp_trend = np.full_like(disp_gene, np.nan)
     prior_var = np.zeros(comps.shape[0])
@@ -162,8 +164,11 @@ def _fit(block: summaries.GeneBlock, des, genes, opts: Options):
         fit_kind.append(kind)
         prior_var[j], var_log[j] = trend.prior_variance(disp_gene[:, j], disp_trend[:, j],
                                                          m_cells[j], n_coef)
-    th_map = stages.map_dispersion(comps, np.log(disp_gene), np.log(disp_trend), prior_var,
-                                   lo, hi, b, coef, prof, theta_lo, *args, minmu)
+    log_gene, log_trend = np.log(disp_gene), np.log(disp_trend)
+    # DESeq2 starts the MAP search at the gene-wise value unless it lies 10x below the trend
+    map_start = np.where(log_gene > log_trend + math.log(0.1), log_gene, log_trend)
+    th_map = stages.dispersions(comps, map_start, log_trend, prior_var, lo, hi, b, coef, prof,
+                                theta_lo, *args, minmu)
     disp = np.clip(np.exp(th_map), MIN_DISP, max_disp[None, :])
     outlier = np.log(disp_gene) > np.log(disp_trend) + 2 * np.sqrt(var_log)[None, :]
     disp = np.where(outlier, disp_gene, disp)

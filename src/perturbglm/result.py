@@ -45,9 +45,10 @@ def summarise(table: pd.DataFrame, design, fdr: float) -> pd.DataFrame:
     """One row per perturbation: cells, genes tested, DE genes at the FDR, and the target
     gene's own log2fc and padj when the perturbation label is a measured gene."""
     n_cells = np.bincount(design.cell_group[design.cell_group >= 0], minlength=design.n_groups)
+    code = {label: k for k, label in enumerate(design.labels)}
     rows = []
     for label, sub in table.groupby("perturbation", sort=False):
-        k = design.labels.index(label)
+        k = code[label]
         target = sub[sub["gene"] == label]
         rows.append({
             "perturbation": label,

@@ -21,16 +21,13 @@ def poscounts(counts: sp.csr_matrix) -> np.ndarray:
     """DESeq2's type="poscounts": median ratio of a cell's positive counts to each gene's
     geometric mean (zeros counted as ones in the mean), rescaled to geometric mean 1."""
     n_cells = counts.shape[0]
-    csc = counts.tocsc()
-    log_geo = np.full(counts.shape[1], -np.inf)
-    sums = np.zeros(counts.shape[1])
-    np.add.at(sums, np.repeat(np.arange(counts.shape[1]), np.diff(csc.indptr)),
-              np.log(csc.data))
-    nonzero_genes = np.diff(csc.indptr) > 0
-    log_geo[nonzero_genes] = sums[nonzero_genes] / n_cells
+    logs = counts.copy()
+    logs.data = np.log(logs.data)
+    log_geo = np.asarray(logs.sum(axis=0)).ravel() / n_cells
+    log_geo[np.bincount(counts.indices, minlength=counts.shape[1]) == 0] = -np.inf
     counts_per_cell = np.diff(counts.indptr)
     rows = np.repeat(np.arange(n_cells), counts_per_cell)
-    ratios = np.log(counts.data) - log_geo[counts.indices]
+    ratios = logs.data - log_geo[counts.indices]
     ratios = ratios[np.lexsort((ratios, rows))]
     sf = np.zeros(n_cells)
     has = counts_per_cell > 0

@@ -6,8 +6,9 @@
    from the control cells, then each group's intercept with those coefficients as offset.
 2. `control_tables`: the control group's contribution, tabulated once per gene over a theta
    grid, so that no comparison revisits the control cells (DESIGN.md section 3).
-3. `gene_wise`: the Cox-Reid adjusted dispersion MLE of each (gene, comparison).
-4. `map_wald`: the MAP dispersion around the trend, then the Wald test of each comparison.
+3. `dispersions`: the Cox-Reid adjusted dispersion MLE of each (gene, comparison), and
+   then, with the trend as prior, its MAP dispersion.
+4. `wald`: the Wald test of each comparison.
 """
 
 import math
@@ -139,63 +140,28 @@ def _maximise(theta0, lo, hi, g, groups, b, coef, prof, theta_lo, use_table, pri
 
 
 @njit(cache=True, parallel=True)
-def gene_wise(comps, control, theta_start, lo, hi, b, coef, prof, theta_lo, skip, G,
-              atom_ptr, atom_logs, atom_w, atom_z, cell_logs, cell_z, nz_ptr, nz_y, nz_cell,
-              minmu):
-    """Gene-wise dispersion (theta) of each gene in each comparison `comps[j]` (a group index
-    tested against the control; -1 means every group together, with no table). hi[j] is the
-    upper bound of comparison j; skip[g, j] marks pairs with no counts at all."""
+def dispersions(comps, start, prior_mean, prior_var, lo, hi, b, coef, prof, theta_lo, G,
+                atom_ptr, atom_logs, atom_w, atom_z, cell_logs, cell_z, nz_ptr, nz_y, nz_cell,
+                minmu):
+    """Optimal theta of each gene in each comparison `comps[j]` (a group index tested against
+    the control, its control part read from the table; -1 means every group together).
+    Gene-wise estimates take prior_var[j] = 0; MAP estimates a normal prior
+    N(prior_mean[g, j], prior_var[j]). start[g, j] is where the search begins; NaN skips
+    the pair. hi[j] is the upper bound of comparison j."""
     n_genes = b.shape[0]
     out = np.full((n_genes, comps.shape[0]), np.nan)
     everyone = np.arange(G)
-    single = np.empty(1, dtype=np.int64)
     for g in prange(n_genes):
+        single = np.empty(1, dtype=np.int64)
         for j in range(comps.shape[0]):
-            if skip[g, j]:
+            if not np.isfinite(start[g, j]):
                 continue
-            if comps[j] < 0:
-                out[g, j] = _maximise(theta_start, lo, hi[j], g, everyone, b, coef, prof,
-                                      theta_lo, False, 0.0, 0.0, G, atom_ptr, atom_logs,
-                                      atom_w, atom_z, cell_logs, cell_z, nz_ptr, nz_y, nz_cell,
-                                      minmu)
-            else:
-                grp = single.copy()
-                grp[0] = comps[j]
-                out[g, j] = _maximise(theta_start, lo, hi[j], g, grp, b, coef, prof, theta_lo,
-                                      True, 0.0, 0.0, G, atom_ptr, atom_logs, atom_w, atom_z,
-                                      cell_logs, cell_z, nz_ptr, nz_y, nz_cell, minmu)
-    return out
-
-
-@njit(cache=True, parallel=True)
-def map_dispersion(comps, theta_gene, theta_fit, prior_var, lo, hi, b, coef, prof, theta_lo,
-                   G, atom_ptr, atom_logs, atom_w, atom_z, cell_logs, cell_z, nz_ptr, nz_y,
-                   nz_cell, minmu):
-    """Maximum a posteriori theta with a normal prior N(theta_fit, prior_var[j]), started
-    where DESeq2 starts it (the gene-wise value unless far below the trend)."""
-    n_genes = b.shape[0]
-    out = np.full((n_genes, comps.shape[0]), np.nan)
-    everyone = np.arange(G)
-    single = np.empty(1, dtype=np.int64)
-    for g in prange(n_genes):
-        for j in range(comps.shape[0]):
-            if not np.isfinite(theta_gene[g, j]):
-                continue
-            start = theta_gene[g, j]
-            if start <= theta_fit[g, j] + math.log(0.1):
-                start = theta_fit[g, j]
-            if comps[j] < 0:
-                out[g, j] = _maximise(start, lo, hi[j], g, everyone, b, coef, prof, theta_lo,
-                                      False, theta_fit[g, j], prior_var[j], G, atom_ptr,
-                                      atom_logs, atom_w, atom_z, cell_logs, cell_z, nz_ptr,
-                                      nz_y, nz_cell, minmu)
-            else:
-                grp = single.copy()
-                grp[0] = comps[j]
-                out[g, j] = _maximise(start, lo, hi[j], g, grp, b, coef, prof, theta_lo, True,
-                                      theta_fit[g, j], prior_var[j], G, atom_ptr, atom_logs,
-                                      atom_w, atom_z, cell_logs, cell_z, nz_ptr, nz_y, nz_cell,
-                                      minmu)
+            single[0] = comps[j]
+            joint = comps[j] < 0
+            out[g, j] = _maximise(start[g, j], lo, hi[j], g, everyone if joint else single, b,
+                                  coef, prof, theta_lo, not joint, prior_mean[g, j],
+                                  prior_var[j], G, atom_ptr, atom_logs, atom_w, atom_z,
+                                  cell_logs, cell_z, nz_ptr, nz_y, nz_cell, minmu)
     return out
 
 

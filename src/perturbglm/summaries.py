@@ -91,10 +91,12 @@ def build_block(counts: sp.csr_matrix, cell_group: np.ndarray, size_factors: np.
     q = covariates.shape[1]
     atom_ptr = [0]
     a_logs, a_w, a_z = [], [], []
-    group_n = np.zeros(G)
+    by_group = np.argsort(cell_group, kind="stable")   # unanalysed cells (-1) first
+    counts_k = np.bincount(cell_group[cells], minlength=G)
+    group_n = counts_k.astype(np.float64)
+    bounds = cell_group.size - cells.size + np.concatenate([[0], np.cumsum(counts_k)])
     for k in range(G):
-        members = np.flatnonzero(cell_group == k)
-        group_n[k] = members.size
+        members = by_group[bounds[k]:bounds[k + 1]]
         if q == 0:
             strata = [members]
         elif categorical_only:

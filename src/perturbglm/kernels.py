@@ -161,49 +161,84 @@ def group_mle(theta, c, g, k, G, atom_ptr, atom_logs, atom_w, atom_z,
     return b, fisher, db, f_theta + f_b * db
 
 
+BETA_BOUND = 30.0  # DESeq2's bound on coefficients (natural log scale)
+
+
 @njit(cache=True)
-def covariate_fit(theta, g, k, G, atom_ptr, atom_logs, atom_w, atom_z, cell_logs, cell_z,
+def covariate_fit(theta, use, g, G, atom_ptr, atom_logs, atom_w, atom_z, cell_logs, cell_z,
                   nz_ptr, nz_y, nz_cell, minmu):
-    """Joint MLE of the intercept and covariate coefficients (b, c) of one group at fixed
-    dispersion, by Fisher scoring (IRLS). Returns (b, c); b = -inf for a group with no counts.
-    Coefficients are kept within +-30 on the log scale, DESeq2's bound."""
+    """Joint MLE, at fixed dispersion, of one intercept per group in `use` (a boolean mask)
+    and covariate coefficients c shared by those groups' cells, by Fisher scoring. The
+    intercept block of the information is diagonal, so each step solves a q x q Schur
+    complement: one visit of every atom and non-zero of the groups per iteration.
+
+    Returns (c, bounded): bounded is True when a coefficient ran to +-BETA_BOUND, i.e. the
+    cells could not identify it (a covariate stratum without counts)."""
     q = atom_z.shape[1]
-    p = q + 1
-    beta = np.zeros(p)
-    zero_c = np.zeros(q)
-    b0, _, _, _ = group_mle(theta, zero_c, g, k, G, atom_ptr, atom_logs, atom_w, atom_z,
-                            cell_logs, cell_z, nz_ptr, nz_y, nz_cell, minmu)
-    if not np.isfinite(b0):
-        return b0, zero_c
-    beta[0] = b0
+    b = np.empty(G)
+    c = np.zeros(q)
+    active = use.copy()
+    for k in range(G):
+        if active[k]:
+            b[k] = group_mle(theta, c, g, k, G, atom_ptr, atom_logs, atom_w, atom_z, cell_logs,
+                             cell_z, nz_ptr, nz_y, nz_cell, minmu, np.nan)[0]
+            active[k] = np.isfinite(b[k])
     a = math.exp(theta)
-    x = np.empty(p)
+    D = np.zeros(G)
+    B = np.zeros((G, q))
+    sb = np.zeros(G)
     for _ in range(200):
-        info = np.zeros((p, p))
-        score = np.zeros(p)
-        for j in range(atom_ptr[k], atom_ptr[k + 1]):
-            x[0] = 1.0
-            x[1:] = atom_z[j]
-            mu = max(math.exp(atom_logs[j] + np.dot(x, beta)), minmu)
-            v = atom_w[j] * mu / (1.0 + a * mu)
-            score -= v * x
-            info += v * np.outer(x, x)
-        for e in range(nz_ptr[g * G + k], nz_ptr[g * G + k + 1]):
-            i = nz_cell[e]
-            x[0] = 1.0
-            x[1:] = cell_z[i]
-            mu = max(math.exp(cell_logs[i] + np.dot(x, beta)), minmu)
-            score += nz_y[e] / (1.0 + a * mu) * x
-        for d in range(p):
-            info[d, d] += 1e-10
-        step = np.linalg.solve(info, score)
-        big = np.max(np.abs(step))
-        if big > 5.0:
-            step *= 5.0 / big
-        beta = np.minimum(np.maximum(beta + step, -30.0), 30.0)
+        C = np.zeros((q, q))
+        sc = np.zeros(q)
+        S = np.zeros((q, q))
+        rhs = np.zeros(q)
+        for k in range(G):
+            if not active[k]:
+                continue
+            D[k] = 0.0
+            B[k] = 0.0
+            sb[k] = 0.0
+            for j in range(atom_ptr[k], atom_ptr[k + 1]):
+                z = atom_z[j]
+                mu = max(math.exp(b[k] + _offset(atom_logs[j], z, c)), minmu)
+                v = atom_w[j] * mu / (1.0 + a * mu)
+                D[k] += v
+                B[k] += v * z
+                C += v * np.outer(z, z)
+                sb[k] -= v
+                sc -= v * z
+            for e in range(nz_ptr[g * G + k], nz_ptr[g * G + k + 1]):
+                z = cell_z[nz_cell[e]]
+                mu = max(math.exp(b[k] + _offset(cell_logs[nz_cell[e]], z, c)), minmu)
+                t = nz_y[e] / (1.0 + a * mu)
+                sb[k] += t
+                sc += t * z
+            S -= np.outer(B[k], B[k]) / D[k]
+            rhs -= B[k] * sb[k] / D[k]
+        S += C
+        rhs += sc
+        for d in range(q):
+            S[d, d] += 1e-10
+        dc = np.linalg.solve(S, rhs)
+        big = np.max(np.abs(dc)) if q > 0 else 0.0
+        for k in range(G):
+            if active[k]:
+                big = max(big, abs((sb[k] - np.dot(B[k], dc)) / D[k]))
+        shrink = 5.0 / big if big > 5.0 else 1.0
+        for k in range(G):
+            if active[k]:
+                db = (sb[k] - np.dot(B[k], dc)) / D[k]
+                b[k] = min(max(b[k] + shrink * db, -BETA_BOUND), BETA_BOUND)
+        for d in range(q):
+            c[d] = min(max(c[d] + shrink * dc[d], -BETA_BOUND), BETA_BOUND)
         if big < 1e-10:
             break
-    return beta[0], beta[1:].copy()
+    bounded = False
+    for d in range(q):
+        bounded = bounded or abs(c[d]) >= BETA_BOUND
+    for k in range(G):
+        bounded = bounded or (active[k] and abs(b[k]) >= BETA_BOUND)
+    return c, bounded
 
 
 # --- interpolation of per-gene control tables over a uniform theta grid -------------------

@@ -118,9 +118,7 @@ def _fit(block: summaries.GeneBlock, des, genes, opts: Options):
     n_genes = genes.shape[0]
     q = des.covariates.shape[1]
     minmu = float(opts.min_mu)
-    b, coef = stages.initial_fit(math.log(ALPHA_INIT), ctrl, G, block.group_n, block.atom_ptr,
-                                 block.atom_logs, block.atom_w, block.atom_z, block.cell_logs,
-                                 block.cell_z, block.nz_ptr, block.nz_y, block.nz_cell, minmu)
+    b, coef, refit = stages.initial_fit(math.log(ALPHA_INIT), ctrl, block.group_n, *args, minmu)
     n_total = block.group_n.sum()
     lo = math.log(MIN_DISP / 10)
     theta_lo = lo - 0.5
@@ -206,5 +204,6 @@ def _fit(block: summaries.GeneBlock, des, genes, opts: Options):
     info = {"trend_fit": dict(zip(
         [str(x) for x in (labels[perts] if opts.dispersion != "global" else ["all"])],
         fit_kind, strict=True)),
-        "prior_variance": [float(x) for x in prior_var]}
+        "prior_variance": [float(x) for x in prior_var],
+        "genes_with_covariates_from_all_cells": [str(x) for x in genes[refit]]}
     return table, info

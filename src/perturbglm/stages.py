@@ -2,8 +2,9 @@
 
 1. `initial_fit`: the means that DESeq2 holds fixed while it estimates dispersions. With no
    covariates, DESeq2's linear-model mean (the group mean of normalised counts); with
-   covariates, an NB fit at the initial dispersion: intercept and covariate coefficients
-   from the control cells, then each group's intercept with those coefficients as offset.
+   covariates, an NB fit at the initial dispersion: covariate coefficients from the control
+   cells (from all cells, with an intercept per group, for a gene whose control cells cannot
+   identify them), then each group's intercept with those coefficients as offset.
 2. `control_tables`: the control group's contribution, tabulated once per gene over a theta
    grid, so that no comparison revisits the control cells (DESIGN.md section 3).
 3. `dispersions`: the Cox-Reid adjusted dispersion MLE of each (gene, comparison), and
@@ -23,32 +24,37 @@ WALD_STEP = 1.0     # theta spacing of the cubic Hermite table of the control ML
 
 
 @njit(cache=True, parallel=True)
-def initial_fit(theta0, control, G, group_n, atom_ptr, atom_logs, atom_w, atom_z,
+def initial_fit(theta0, control, group_n, G, atom_ptr, atom_logs, atom_w, atom_z,
                 cell_logs, cell_z, nz_ptr, nz_y, nz_cell, minmu):
-    """Returns b (genes x groups) and covariate coefficients c (genes x q)."""
+    """Returns b (genes x groups), covariate coefficients c (genes x q) and which genes
+    needed all cells to identify c."""
     n_genes = (nz_ptr.shape[0] - 1) // G
     q = atom_z.shape[1]
     b = np.empty((n_genes, G))
     coef = np.zeros((n_genes, q))
+    refit = np.zeros(n_genes, dtype=np.bool_)
+    only_control = np.zeros(G, dtype=np.bool_)
+    only_control[control] = True
+    every_group = np.ones(G, dtype=np.bool_)
     for g in prange(n_genes):
         if q > 0:
-            b0, c = covariate_fit(theta0, g, control, G, atom_ptr, atom_logs, atom_w, atom_z,
-                                  cell_logs, cell_z, nz_ptr, nz_y, nz_cell, minmu)
+            c, bounded = covariate_fit(theta0, only_control, g, G, atom_ptr, atom_logs, atom_w,
+                                       atom_z, cell_logs, cell_z, nz_ptr, nz_y, nz_cell, minmu)
+            if bounded:
+                c, _ = covariate_fit(theta0, every_group, g, G, atom_ptr, atom_logs, atom_w,
+                                     atom_z, cell_logs, cell_z, nz_ptr, nz_y, nz_cell, minmu)
+                refit[g] = True
             coef[g] = c
             for k in range(G):
-                if k == control:
-                    b[g, k] = b0
-                else:
-                    b[g, k] = group_mle(theta0, coef[g], g, k, G, atom_ptr, atom_logs, atom_w,
-                                        atom_z, cell_logs, cell_z, nz_ptr, nz_y, nz_cell,
-                                        minmu)[0]
+                b[g, k] = group_mle(theta0, c, g, k, G, atom_ptr, atom_logs, atom_w, atom_z,
+                                    cell_logs, cell_z, nz_ptr, nz_y, nz_cell, minmu, np.nan)[0]
         else:
             for k in range(G):
                 norm = 0.0
                 for e in range(nz_ptr[g * G + k], nz_ptr[g * G + k + 1]):
                     norm += nz_y[e] * math.exp(-cell_logs[nz_cell[e]])
                 b[g, k] = math.log(norm / group_n[k]) if norm > 0.0 else -np.inf
-    return b, coef
+    return b, coef, refit
 
 
 @njit(cache=True, parallel=True)

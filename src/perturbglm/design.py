@@ -31,15 +31,13 @@ class Design:
         return [k for k in range(self.n_groups) if k != self.control]
 
 
-def _columns(obs: pd.DataFrame) -> str:
-    return ", ".join(map(str, obs.columns))
-
-
-def build(obs: pd.DataFrame, groupby: str, control: str, covariates: list[str],
-          min_cells: int) -> Design:
+def build(obs: pd.DataFrame, columns: list[str], groupby: str, control: str,
+          covariates: list[str], min_cells: int) -> Design:
+    """obs holds the columns the design uses; `columns` names every obs column of the file."""
+    listing = ", ".join(columns)
     if groupby not in obs.columns:
         raise InputError(f"--groupby '{groupby}' is not an obs column; obs columns are: "
-                         f"{_columns(obs)}")
+                         f"{listing}")
     col = obs[groupby]
     present = col.notna().to_numpy()
     labels_all = col.astype(str).to_numpy()
@@ -65,19 +63,19 @@ def build(obs: pd.DataFrame, groupby: str, control: str, covariates: list[str],
                          "lower --min-cells")
     code = pd.Categorical(labels_all, categories=kept).codes.astype(np.int64)
     cell_group = np.where(present, code, -1)
-    z, names, categorical_only = _covariates(obs, covariates, cell_group, groupby)
+    z, names, categorical_only = _covariates(obs, listing, covariates, cell_group, groupby)
     return Design(kept, 0, cell_group, z, names, categorical_only, skipped,
                   int((~present).sum()))
 
 
-def _covariates(obs, covariates, cell_group, groupby):
+def _covariates(obs, listing, covariates, cell_group, groupby):
     blocks, names = [], []
     categorical_only = True
     control_cells = cell_group == 0
     for cov in covariates:
         if cov not in obs.columns:
             raise InputError(f"--covariates '{cov}' is not an obs column; obs columns are: "
-                             f"{_columns(obs)}")
+                             f"{listing}")
         if cov == groupby:
             raise InputError(f"--covariates '{cov}' is the --groupby column itself; a "
                              "covariate confounded with the perturbation cannot be adjusted for")

@@ -23,7 +23,7 @@ import math
 import numpy as np
 from numba import njit
 
-from .special import lgamma_ratio
+from .special import SMALL_COUNT, lgamma_ratio
 
 
 @njit(cache=True)
@@ -35,54 +35,120 @@ def _offset(logs, z, c):
 
 
 @njit(cache=True)
-def _zero_terms(w, mu, a, r):
-    """Zero-count log-likelihood -r log(1+a mu) and the CR weight mu/(1+a mu), with theta
-    derivatives, times the weight w."""
-    u = math.log1p(a * mu)
-    q = a * mu / (1.0 + a * mu)
-    v = mu / (1.0 + a * mu)
-    return (w * (-r * u), w * (r * u - r * q), w * (-r * u + r * q + r * q * q),
-            w * v, -w * v * q, w * v * q * (2.0 * q - 1.0))
+def fixed_mu(ks, bk, c, g, G, atom_ptr, atom_logs, atom_w, atom_z, cell_logs, cell_z, nz_ptr,
+             nz_y, nz_cell, minmu):
+    """Everything the Cox-Reid profile of gene g in groups ks needs once mu is held fixed
+    (intercepts bk): mu and weight of every atom, mu and count of every non-zero cell, and
+    the count tail table tail[i, j] = #cells of group ks[i] with j < y <= SMALL_COUNT, which
+    turns the log-gamma terms into one log per distinct count level instead of per cell."""
+    n = ks.shape[0]
+    a_ptr = np.zeros(n + 1, dtype=np.int64)
+    e_ptr = np.zeros(n + 1, dtype=np.int64)
+    for i in range(n):
+        k = ks[i]
+        a_ptr[i + 1] = a_ptr[i] + atom_ptr[k + 1] - atom_ptr[k]
+        e_ptr[i + 1] = e_ptr[i] + nz_ptr[g * G + k + 1] - nz_ptr[g * G + k]
+    a_mu = np.empty(a_ptr[n])
+    a_w = np.empty(a_ptr[n])
+    e_mu = np.empty(e_ptr[n])
+    e_y = np.empty(e_ptr[n])
+    tail = np.zeros((n, SMALL_COUNT))
+    for i in range(n):
+        k = ks[i]
+        for j in range(atom_ptr[k], atom_ptr[k + 1]):
+            t = a_ptr[i] + j - atom_ptr[k]
+            a_mu[t] = max(math.exp(bk[i] + _offset(atom_logs[j], atom_z[j], c)), minmu)
+            a_w[t] = atom_w[j]
+        for e in range(nz_ptr[g * G + k], nz_ptr[g * G + k + 1]):
+            t = e_ptr[i] + e - nz_ptr[g * G + k]
+            cell = nz_cell[e]
+            e_mu[t] = max(math.exp(bk[i] + _offset(cell_logs[cell], cell_z[cell], c)), minmu)
+            e_y[t] = nz_y[e]
+            if nz_y[e] <= SMALL_COUNT:
+                for j in range(int(nz_y[e])):
+                    tail[i, j] += 1.0
+    return a_ptr, a_mu, a_w, e_ptr, e_mu, e_y, tail
+
+
+@njit(cache=True)
+def profile(theta, a_ptr, a_mu, a_w, e_ptr, e_mu, e_y, tail):
+    """DESeq2's Cox-Reid adjusted log-likelihood with mu held fixed, summed over the groups
+    of a `fixed_mu` state: per group sum_i ll(y_i; mu_i, a) - 0.5 log(sum_i mu_i/(1 + a mu_i)),
+    and its first two derivatives in theta. Terms free of a are dropped, as DESeq2 does.
+
+    A count y adds lgamma(y + r) - lgamma(r) + y theta - (y + r) log(1 + a mu) (r = 1/a);
+    as the atoms already counted the cell as a zero, -r log(1 + a mu), the non-zero cell adds
+    the difference lgamma(y + r) - lgamma(r) + y theta - y log(1 + a mu)."""
+    a = math.exp(theta)
+    r = 1.0 / a
+    F = 0.0
+    F1 = 0.0
+    F2 = 0.0
+    for i in range(a_ptr.shape[0] - 1):
+        f = 0.0
+        f1 = 0.0
+        f2 = 0.0
+        V = 0.0
+        V1 = 0.0
+        V2 = 0.0
+        for t in range(a_ptr[i], a_ptr[i + 1]):
+            mu = a_mu[t]
+            w = a_w[t]
+            u = math.log1p(a * mu)
+            q = a * mu / (1.0 + a * mu)
+            v = mu / (1.0 + a * mu)
+            f -= w * r * u
+            f1 += w * (r * u - r * q)
+            f2 += w * (-r * u + r * q + r * q * q)
+            V += w * v
+            V1 -= w * v * q
+            V2 += w * v * q * (2.0 * q - 1.0)
+        lg = 0.0
+        d1 = 0.0
+        d2 = 0.0
+        for t in range(e_ptr[i], e_ptr[i + 1]):
+            y = e_y[t]
+            mu = e_mu[t]
+            u = math.log1p(a * mu)
+            q = a * mu / (1.0 + a * mu)
+            f += y * (theta - u)
+            f1 += y * (1.0 - q)
+            f2 -= y * q * (1.0 - q)
+            if y > SMALL_COUNT:
+                l0, l1, l2 = lgamma_ratio(y, r)
+                lg += l0
+                d1 += l1
+                d2 += l2
+        for j in range(SMALL_COUNT):
+            n_j = tail[i, j]
+            if n_j == 0.0:
+                break
+            s = j + r
+            lg += n_j * math.log(s)
+            d1 += n_j / s
+            d2 -= n_j / (s * s)
+        f += lg
+        f1 -= r * d1
+        f2 += r * d1 + r * r * d2
+        if V > 0.0:
+            f -= 0.5 * math.log(V)
+            f1 -= 0.5 * V1 / V
+            f2 -= 0.5 * (V2 / V - (V1 / V) ** 2)
+        F += f
+        F1 += f1
+        F2 += f2
+    return F, F1, F2
 
 
 @njit(cache=True)
 def group_profile(theta, b, c, g, k, G, atom_ptr, atom_logs, atom_w, atom_z,
                   cell_logs, cell_z, nz_ptr, nz_y, nz_cell, minmu):
-    """DESeq2's Cox-Reid adjusted log-likelihood of one group with mu held fixed:
-    sum_i ll(y_i; mu_i, a) - 0.5 log(sum_i mu_i / (1 + a mu_i)), and its first two
-    derivatives in theta. Terms free of a are dropped, as DESeq2 does."""
-    a = math.exp(theta)
-    r = 1.0 / a
-    f = 0.0
-    f1 = 0.0
-    f2 = 0.0
-    V = 0.0
-    V1 = 0.0
-    V2 = 0.0
-    for j in range(atom_ptr[k], atom_ptr[k + 1]):
-        mu = max(math.exp(b + _offset(atom_logs[j], atom_z[j], c)), minmu)
-        t0, t1, t2, v0, v1, v2 = _zero_terms(atom_w[j], mu, a, r)
-        f += t0
-        f1 += t1
-        f2 += t2
-        V += v0
-        V1 += v1
-        V2 += v2
-    for e in range(nz_ptr[g * G + k], nz_ptr[g * G + k + 1]):
-        i = nz_cell[e]
-        y = nz_y[e]
-        mu = max(math.exp(b + _offset(cell_logs[i], cell_z[i], c)), minmu)
-        t0, t1, t2, _, _, _ = _zero_terms(1.0, mu, a, r)
-        lg, d1, d2 = lgamma_ratio(y, r)
-        u = math.log1p(a * mu)
-        q = a * mu / (1.0 + a * mu)
-        f += lg + y * theta - (y + r) * u - t0
-        f1 += -r * d1 + y + r * u - (y + r) * q - t1
-        f2 += r * d1 + r * r * d2 - r * u + 2.0 * r * q - (y + r) * q * (1.0 - q) - t2
-    if V <= 0.0:
-        return f, f1, f2
-    return (f - 0.5 * math.log(V), f1 - 0.5 * V1 / V,
-            f2 - 0.5 * (V2 / V - (V1 / V) ** 2))
+    """`profile` of one group at intercept b."""
+    ks = np.full(1, k, dtype=np.int64)
+    bk = np.full(1, b)
+    state = fixed_mu(ks, bk, c, g, G, atom_ptr, atom_logs, atom_w, atom_z, cell_logs, cell_z,
+                     nz_ptr, nz_y, nz_cell, minmu)
+    return profile(theta, *state)
 
 
 @njit(cache=True)

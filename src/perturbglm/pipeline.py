@@ -20,7 +20,7 @@ from . import design as design_mod
 from . import size_factors as sf_mod
 from . import stages, summaries, trend
 from .errors import InputError
-from .reader import locate_counts, open_h5ad, read_obs, read_var_names
+from .reader import locate_counts, obs_columns, open_h5ad, read_obs, read_var_names
 
 ALPHA_INIT = 0.5     # dispersion at which the initial means are fitted (DESeq2's alphaInit)
 MIN_DISP = trend.MIN_DISP
@@ -76,14 +76,16 @@ def run(path: str, opts: Options, progress=None) -> dict:
     with open_h5ad(path) as f:
         src = locate_counts(f, opts.layer)
         genes = read_var_names(f, src)
-        obs = read_obs(f)
-        if len(obs) != src.n_cells:
+        kind, column = sf_mod.parse(opts.size_factors)
+        columns = obs_columns(f)
+        obs = read_obs(f, [opts.groupby, *opts.covariates] + ([column] if column else []))
+        if opts.groupby in obs and len(obs) != src.n_cells:
             raise InputError(f"obs has {len(obs)} cells but the matrix has {src.n_cells}")
         if src.n_cells == 0 or src.n_genes == 0:
             raise InputError(f"the matrix is empty ({src.n_cells} cells x {src.n_genes} genes)")
-        des = design_mod.build(obs, opts.groupby, opts.control, opts.covariates, opts.min_cells)
-        kind, column = sf_mod.parse(opts.size_factors)
-        obs_sf = sf_mod.from_obs(obs, column) if kind == "obs" else None
+        des = design_mod.build(obs, columns, opts.groupby, opts.control, opts.covariates,
+                               opts.min_cells)
+        obs_sf = sf_mod.from_obs(obs, columns, column) if kind == "obs" else None
         timings["read_metadata"] = time.perf_counter() - t0
         data = summaries.stream(f, src, des.cell_group, opts.chunk_cells, progress)
     timings["read_counts"] = time.perf_counter() - t0 - timings["read_metadata"]

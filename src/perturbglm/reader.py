@@ -80,10 +80,17 @@ def read_var_names(f: h5py.File, src: CountSource) -> np.ndarray:
     return names
 
 
-def read_obs(f: h5py.File) -> pd.DataFrame:
+def obs_columns(f: h5py.File) -> list[str]:
+    return [_decode(c) for c in f["obs"].attrs.get("column-order", [])]
+
+
+def read_obs(f: h5py.File, wanted: list[str]) -> pd.DataFrame:
+    """The obs columns in `wanted` that exist (decoded by anndata), and nothing else."""
     from anndata.io import read_elem
 
-    return read_elem(f["obs"])
+    present = set(obs_columns(f))
+    return pd.DataFrame({c: read_elem(f["obs"][c]) for c in dict.fromkeys(wanted)
+                         if c in present})
 
 
 def iter_cell_chunks(f: h5py.File, src: CountSource, chunk_cells: int):

@@ -39,10 +39,10 @@ def poscounts(counts: sp.csr_matrix) -> np.ndarray:
     return sf
 
 
-def from_obs(obs: pd.DataFrame, column: str) -> np.ndarray:
+def from_obs(obs: pd.DataFrame, columns: list[str], column: str) -> np.ndarray:
     if column not in obs.columns:
         raise InputError(f"--size-factors obs:{column}: no obs column '{column}'; "
-                         f"obs columns are: {', '.join(map(str, obs.columns))}")
+                         f"obs columns are: {', '.join(columns)}")
     col = obs[column]
     if not pd.api.types.is_numeric_dtype(col):
         raise InputError(f"--size-factors obs:{column}: the column is not numeric")

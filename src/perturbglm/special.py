@@ -9,7 +9,7 @@ import math
 
 from numba import njit
 
-_SMALL_COUNT = 64  # counts up to this use exact finite sums, which stay accurate as r -> inf
+SMALL_COUNT = 64  # counts up to this use exact finite sums, which stay accurate as r -> inf
 
 
 @njit(cache=True)
@@ -41,7 +41,7 @@ def trigamma(x):
 @njit(cache=True)
 def lgamma_ratio(y, r):
     """lgamma(y + r) - lgamma(r) and its first two derivatives in r, for a count y >= 0."""
-    if y <= _SMALL_COUNT:
+    if y <= SMALL_COUNT:
         val = 0.0
         d1 = 0.0
         d2 = 0.0

@@ -17,7 +17,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from .kernels import covariate_fit, cubic_hermite, group_mle, group_profile, quintic_hermite
+from .kernels import covariate_fit, cubic_hermite, fixed_mu, group_mle, profile, quintic_hermite
 
 PROFILE_STEP = 0.5  # theta spacing of the quintic Hermite table of the control profile
 WALD_STEP = 1.0     # theta spacing of the cubic Hermite table of the control MLE
@@ -66,12 +66,12 @@ def control_tables(theta_lo, n_prof, n_wald, control, b, coef, G, atom_ptr, atom
     prof = np.zeros((n_genes, 3, n_prof))
     wald = np.zeros((n_genes, 4, n_wald))
     for g in prange(n_genes):
-        b0 = b[g, control]
         c = coef[g]
+        state = fixed_mu(np.full(1, control, dtype=np.int64), np.full(1, b[g, control]), c, g,
+                         G, atom_ptr, atom_logs, atom_w, atom_z, cell_logs, cell_z, nz_ptr,
+                         nz_y, nz_cell, minmu)
         for j in range(n_prof):
-            h, h1, h2 = group_profile(theta_lo + j * PROFILE_STEP, b0, c, g, control, G,
-                                      atom_ptr, atom_logs, atom_w, atom_z, cell_logs, cell_z,
-                                      nz_ptr, nz_y, nz_cell, minmu)
+            h, h1, h2 = profile(theta_lo + j * PROFILE_STEP, *state)
             prof[g, 0, j] = h
             prof[g, 1, j] = h1
             prof[g, 2, j] = h2
@@ -88,24 +88,16 @@ def control_tables(theta_lo, n_prof, n_wald, control, b, coef, G, atom_ptr, atom
 
 
 @njit(cache=True)
-def _objective(theta, g, groups, b, coef, prof, theta_lo, use_table, prior_mean, prior_var,
-               G, atom_ptr, atom_logs, atom_w, atom_z, cell_logs, cell_z, nz_ptr, nz_y,
-               nz_cell, minmu):
-    """Sum of group profiles (control from its table when use_table) plus the log-normal
-    prior on the dispersion when prior_var > 0."""
-    F = 0.0
-    F1 = 0.0
-    F2 = 0.0
-    if use_table:
-        F, F1, F2 = quintic_hermite(theta, theta_lo, PROFILE_STEP, prof[g, 0], prof[g, 1],
-                                    prof[g, 2])
-    for k in groups:
-        h, h1, h2 = group_profile(theta, b[g, k], coef[g], g, k, G, atom_ptr, atom_logs,
-                                  atom_w, atom_z, cell_logs, cell_z, nz_ptr, nz_y, nz_cell,
-                                  minmu)
-        F += h
-        F1 += h1
-        F2 += h2
+def _objective(theta, state, table, theta_lo, prior_mean, prior_var):
+    """Profile of the groups in `state`, plus the control's from its table when the table is
+    non-empty, plus the log-normal prior on the dispersion when prior_var > 0."""
+    F, F1, F2 = profile(theta, *state)
+    if table.shape[1] > 0:
+        T, T1, T2 = quintic_hermite(theta, theta_lo, PROFILE_STEP, table[0], table[1],
+                                    table[2])
+        F += T
+        F1 += T1
+        F2 += T2
     if prior_var > 0.0:
         d = theta - prior_mean
         F -= 0.5 * d * d / prior_var
@@ -115,15 +107,11 @@ def _objective(theta, g, groups, b, coef, prof, theta_lo, use_table, prior_mean,
 
 
 @njit(cache=True)
-def _maximise(theta0, lo, hi, g, groups, b, coef, prof, theta_lo, use_table, prior_mean,
-              prior_var, G, atom_ptr, atom_logs, atom_w, atom_z, cell_logs, cell_z, nz_ptr,
-              nz_y, nz_cell, minmu):
+def _maximise(theta0, lo, hi, state, table, theta_lo, prior_mean, prior_var):
     """Maximise the objective over theta in [lo, hi]: Newton steps where it is concave,
     gradient steps elsewhere, each step halved until the objective does not decrease."""
     th = min(max(theta0, lo), hi)
-    F, F1, F2 = _objective(th, g, groups, b, coef, prof, theta_lo, use_table, prior_mean,
-                           prior_var, G, atom_ptr, atom_logs, atom_w, atom_z, cell_logs, cell_z,
-                           nz_ptr, nz_y, nz_cell, minmu)
+    F, F1, F2 = _objective(th, state, table, theta_lo, prior_mean, prior_var)
     for _ in range(200):
         step = -F1 / F2 if F2 < 0.0 else (1.0 if F1 > 0.0 else -1.0)
         step = min(max(step, -2.0), 2.0)
@@ -132,9 +120,7 @@ def _maximise(theta0, lo, hi, g, groups, b, coef, prof, theta_lo, use_table, pri
             cand = min(max(th + step, lo), hi)
             if cand == th:
                 break
-            Fc, F1c, F2c = _objective(cand, g, groups, b, coef, prof, theta_lo, use_table,
-                                      prior_mean, prior_var, G, atom_ptr, atom_logs, atom_w,
-                                      atom_z, cell_logs, cell_z, nz_ptr, nz_y, nz_cell, minmu)
+            Fc, F1c, F2c = _objective(cand, state, table, theta_lo, prior_mean, prior_var)
             if Fc >= F - 1e-12 * abs(F):
                 moved = abs(cand - th) > 1e-9
                 th, F, F1, F2 = cand, Fc, F1c, F2c
@@ -157,17 +143,17 @@ def dispersions(comps, start, prior_mean, prior_var, lo, hi, b, coef, prof, thet
     n_genes = b.shape[0]
     out = np.full((n_genes, comps.shape[0]), np.nan)
     everyone = np.arange(G)
+    no_table = np.zeros((3, 0))
     for g in prange(n_genes):
-        single = np.empty(1, dtype=np.int64)
         for j in range(comps.shape[0]):
             if not np.isfinite(start[g, j]):
                 continue
-            single[0] = comps[j]
             joint = comps[j] < 0
-            out[g, j] = _maximise(start[g, j], lo, hi[j], g, everyone if joint else single, b,
-                                  coef, prof, theta_lo, not joint, prior_mean[g, j],
-                                  prior_var[j], G, atom_ptr, atom_logs, atom_w, atom_z,
-                                  cell_logs, cell_z, nz_ptr, nz_y, nz_cell, minmu)
+            ks = everyone if joint else np.full(1, comps[j], dtype=np.int64)
+            state = fixed_mu(ks, b[g][ks], coef[g], g, G, atom_ptr, atom_logs, atom_w, atom_z,
+                             cell_logs, cell_z, nz_ptr, nz_y, nz_cell, minmu)
+            out[g, j] = _maximise(start[g, j], lo, hi[j], state, no_table if joint else prof[g],
+                                  theta_lo, prior_mean[g, j], prior_var[j])
     return out
 
 

@@ -110,9 +110,12 @@ def build_block(counts: sp.csr_matrix, cell_group: np.ndarray, size_factors: np.
             a_w.append(w)
             a_z.append(zz)
         atom_ptr.append(atom_ptr[-1] + sum(x.size for x in a_logs[len(a_logs) - len(strata):]))
-    coo = counts.tocoo()
-    key = coo.col.astype(np.int64) * G + cell_group[coo.row]
-    order = np.argsort(key, kind="stable")
+    # rows in group order, then scipy's O(nnz) CSC conversion: each gene's entries come out
+    # grouped by group, the (gene, group) layout the kernels read
+    by_gene = counts[by_group[bounds[0]:]].tocsc()
+    nz_cell = by_group[bounds[0]:][by_gene.indices].astype(np.int64)
+    key = np.repeat(np.arange(counts.shape[1], dtype=np.int64) * G,
+                    np.diff(by_gene.indptr)) + cell_group[nz_cell]
     nz_ptr = np.zeros(counts.shape[1] * G + 1, dtype=np.int64)
     np.cumsum(np.bincount(key, minlength=counts.shape[1] * G), out=nz_ptr[1:])
     return GeneBlock(
@@ -120,5 +123,4 @@ def build_block(counts: sp.csr_matrix, cell_group: np.ndarray, size_factors: np.
         atom_logs=np.concatenate(a_logs), atom_w=np.concatenate(a_w),
         atom_z=np.ascontiguousarray(np.concatenate(a_z, axis=0)),
         cell_logs=cell_logs, cell_z=np.ascontiguousarray(covariates),
-        nz_ptr=nz_ptr, nz_y=coo.data[order].astype(np.float64),
-        nz_cell=coo.row[order].astype(np.int64))
+        nz_ptr=nz_ptr, nz_y=by_gene.data.astype(np.float64), nz_cell=nz_cell)

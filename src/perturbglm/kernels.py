@@ -152,20 +152,21 @@ def group_profile(theta, b, c, g, k, G, atom_ptr, atom_logs, atom_w, atom_z,
 
 
 @njit(cache=True)
-def _score_terms(b, a, c, g, k, G, atom_ptr, atom_logs, atom_w, atom_z,
-                 cell_logs, cell_z, nz_ptr, nz_y, nz_cell, minmu):
+def _score_terms(b, a, a_ptr, a_base, a_w, e_ptr, e_base, e_y, minmu):
     """Score, observed information, Fisher information and their theta derivatives for the
-    group intercept b at dispersion a (mu floored at minmu, where mu no longer moves with b)."""
+    intercept b of the single group of a `fixed_mu` state built at b = 0 with no floor
+    (so mu = exp(b) * base), at dispersion a; mu floored at minmu no longer moves with b."""
+    eb = math.exp(b)
     score = 0.0
     hess = 0.0
     fisher = 0.0
     s_theta = 0.0
     f_theta = 0.0
     f_b = 0.0
-    for j in range(atom_ptr[k], atom_ptr[k + 1]):
-        raw = math.exp(b + _offset(atom_logs[j], atom_z[j], c))
+    for t in range(a_ptr[0], a_ptr[1]):
+        raw = eb * a_base[t]
         mu = max(raw, minmu)
-        w = atom_w[j]
+        w = a_w[t]
         den = 1.0 + a * mu
         v = mu / den
         q = a * mu / den
@@ -176,10 +177,9 @@ def _score_terms(b, a, c, g, k, G, atom_ptr, atom_logs, atom_w, atom_z,
         if raw >= minmu:
             hess += w * v / den
             f_b += w * v / den
-    for e in range(nz_ptr[g * G + k], nz_ptr[g * G + k + 1]):
-        i = nz_cell[e]
-        y = nz_y[e]
-        raw = math.exp(b + _offset(cell_logs[i], cell_z[i], c))
+    for t in range(e_ptr[0], e_ptr[1]):
+        y = e_y[t]
+        raw = eb * e_base[t]
         mu = max(raw, minmu)
         den = 1.0 + a * mu
         score += y / den
@@ -190,29 +190,28 @@ def _score_terms(b, a, c, g, k, G, atom_ptr, atom_logs, atom_w, atom_z,
 
 
 @njit(cache=True)
-def group_mle(theta, c, g, k, G, atom_ptr, atom_logs, atom_w, atom_z,
-              cell_logs, cell_z, nz_ptr, nz_y, nz_cell, minmu, b_start=np.nan):
-    """Maximum-likelihood group intercept b at fixed dispersion exp(theta), by Newton's
-    method on the concave log-likelihood, started from b_start or the Poisson estimate.
+def mle(theta, a_ptr, a_base, a_w, e_ptr, e_base, e_y, tail, minmu, b_start):
+    """Maximum-likelihood intercept b of the single group of a `fixed_mu` state built at
+    b = 0 with no floor, at fixed dispersion exp(theta), by Newton's method on the concave
+    log-likelihood, started from b_start or (NaN) the Poisson estimate.
 
     Returns (b, fisher, db/dtheta, dfisher/dtheta); b = -inf and zeros for a group with no
     counts, whose MLE lies at the boundary."""
     ysum = 0.0
-    for e in range(nz_ptr[g * G + k], nz_ptr[g * G + k + 1]):
-        ysum += nz_y[e]
+    for t in range(e_ptr[0], e_ptr[1]):
+        ysum += e_y[t]
     if ysum <= 0.0:
         return -np.inf, 0.0, 0.0, 0.0
     if np.isfinite(b_start):
         b = b_start
     else:
         expo = 0.0
-        for j in range(atom_ptr[k], atom_ptr[k + 1]):
-            expo += atom_w[j] * math.exp(_offset(atom_logs[j], atom_z[j], c))
+        for t in range(a_ptr[0], a_ptr[1]):
+            expo += a_w[t] * a_base[t]
         b = math.log(ysum / expo)
     a = math.exp(theta)
     for _ in range(100):
-        score, hess, _, _, _, _ = _score_terms(b, a, c, g, k, G, atom_ptr, atom_logs, atom_w,
-                                               atom_z, cell_logs, cell_z, nz_ptr, nz_y, nz_cell,
+        score, hess, _, _, _, _ = _score_terms(b, a, a_ptr, a_base, a_w, e_ptr, e_base, e_y,
                                                minmu)
         if hess <= 0.0:
             break
@@ -220,11 +219,27 @@ def group_mle(theta, c, g, k, G, atom_ptr, atom_logs, atom_w, atom_z,
         b += step
         if abs(step) < 1e-12 * max(1.0, abs(b)):
             break
-    score, hess, fisher, s_theta, f_theta, f_b = _score_terms(
-        b, a, c, g, k, G, atom_ptr, atom_logs, atom_w, atom_z, cell_logs, cell_z, nz_ptr, nz_y,
-        nz_cell, minmu)
+    score, hess, fisher, s_theta, f_theta, f_b = _score_terms(b, a, a_ptr, a_base, a_w, e_ptr,
+                                                              e_base, e_y, minmu)
     db = s_theta / hess if hess > 0.0 else 0.0
     return b, fisher, db, f_theta + f_b * db
+
+
+@njit(cache=True)
+def base_state(c, g, k, G, atom_ptr, atom_logs, atom_w, atom_z, cell_logs, cell_z, nz_ptr,
+               nz_y, nz_cell):
+    """The `fixed_mu` state of group k at b = 0 without a floor, which `mle` scales by e^b."""
+    return fixed_mu(np.full(1, k, dtype=np.int64), np.zeros(1), c, g, G, atom_ptr, atom_logs,
+                    atom_w, atom_z, cell_logs, cell_z, nz_ptr, nz_y, nz_cell, 0.0)
+
+
+@njit(cache=True)
+def group_mle(theta, c, g, k, G, atom_ptr, atom_logs, atom_w, atom_z,
+              cell_logs, cell_z, nz_ptr, nz_y, nz_cell, minmu, b_start=np.nan):
+    """`mle` of group k of gene g with covariate offsets c."""
+    state = base_state(c, g, k, G, atom_ptr, atom_logs, atom_w, atom_z, cell_logs, cell_z,
+                       nz_ptr, nz_y, nz_cell)
+    return mle(theta, *state, minmu, b_start)
 
 
 BETA_BOUND = 30.0  # DESeq2's bound on coefficients (natural log scale)

@@ -17,7 +17,16 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from .kernels import covariate_fit, cubic_hermite, fixed_mu, group_mle, profile, quintic_hermite
+from .kernels import (
+    base_state,
+    covariate_fit,
+    cubic_hermite,
+    fixed_mu,
+    group_mle,
+    mle,
+    profile,
+    quintic_hermite,
+)
 
 PROFILE_STEP = 0.5  # theta spacing of the quintic Hermite table of the control profile
 WALD_STEP = 1.0     # theta spacing of the cubic Hermite table of the control MLE
@@ -75,11 +84,11 @@ def control_tables(theta_lo, n_prof, n_wald, control, b, coef, G, atom_ptr, atom
             prof[g, 0, j] = h
             prof[g, 1, j] = h1
             prof[g, 2, j] = h2
+        base = base_state(c, g, control, G, atom_ptr, atom_logs, atom_w, atom_z, cell_logs,
+                          cell_z, nz_ptr, nz_y, nz_cell)
         bj = np.nan
         for j in range(n_wald):
-            bj, fj, dbj, dfj = group_mle(theta_lo + j * WALD_STEP, c, g, control, G, atom_ptr,
-                                         atom_logs, atom_w, atom_z, cell_logs, cell_z,
-                                         nz_ptr, nz_y, nz_cell, minmu, bj)
+            bj, fj, dbj, dfj = mle(theta_lo + j * WALD_STEP, *base, minmu, bj)
             wald[g, 0, j] = bj
             wald[g, 1, j] = dbj
             wald[g, 2, j] = fj

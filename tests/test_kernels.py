@@ -38,6 +38,12 @@ def _small_block(seed=0, n=300, genes=3, groups=2, q=0):
     return block, counts.toarray(), group, sf, z
 
 
+def _profile(theta, b, c, g, k, *args):
+    """The package's profile of one group at intercept b (args: kernel_args + min_mu)."""
+    state = kernels.fixed_mu(np.full(1, k), np.full(1, b), c, g, *args)
+    return kernels.profile(theta, *state)
+
+
 def _direct_profile(theta, b, c, y, sf, z, minmu):
     a = math.exp(theta)
     mu = np.maximum(np.exp(b + np.log(sf) + z @ c), minmu)
@@ -46,7 +52,7 @@ def _direct_profile(theta, b, c, y, sf, z, minmu):
     return ll - 0.5 * np.log(np.sum(mu / (1 + a * mu)))
 
 
-def test_group_profile_matches_direct_sum():
+def test_profile_matches_direct_sum():
     """Exact atoms (groups under EXACT_UP_TO cells): agreement to rounding; derivatives
     checked by central differences (step 1e-4, error O(1e-8))."""
     block, y, group, sf, z = _small_block()
@@ -57,12 +63,12 @@ def test_group_profile_matches_direct_sum():
             cells = group == k
             b = math.log(y[cells, g].mean() + 0.01)
             for theta in (-6.0, -1.0, 0.5, 3.0):
-                h, h1, h2 = kernels.group_profile(theta, b, c, g, k, *args, 1e-6)
+                h, h1, h2 = _profile(theta, b, c, g, k, *args, 1e-6)
                 direct = _direct_profile(theta, b, c, y[cells, g], sf[cells], z[cells], 1e-6)
                 assert h == pytest.approx(direct, rel=1e-10)
                 eps = 1e-4
-                hp = kernels.group_profile(theta + eps, b, c, g, k, *args, 1e-6)[0]
-                hm = kernels.group_profile(theta - eps, b, c, g, k, *args, 1e-6)[0]
+                hp = _profile(theta + eps, b, c, g, k, *args, 1e-6)[0]
+                hm = _profile(theta - eps, b, c, g, k, *args, 1e-6)[0]
                 assert h1 == pytest.approx((hp - hm) / (2 * eps), rel=1e-6, abs=1e-6)
                 assert h2 == pytest.approx((hp - 2 * h + hm) / eps**2, rel=1e-4, abs=1e-4)
 
@@ -79,9 +85,9 @@ def test_binned_atoms_are_accurate():
     c = np.zeros(0)
     b = math.log(y[:, 0].mean())
     for theta in (-3.0, 0.0, 2.0):
-        h = kernels.group_profile(theta, b, c, 0, 0, *args, 1e-6)[0]
+        h = _profile(theta, b, c, 0, 0, *args, 1e-6)[0]
         assert h == pytest.approx(_direct_profile(theta, b, c, y[:, 0], sf, z, 1e-6), rel=2e-5)
-    binned = minimize_scalar(lambda t: -kernels.group_profile(t, b, c, 0, 0, *args, 1e-6)[0],
+    binned = minimize_scalar(lambda t: -_profile(t, b, c, 0, 0, *args, 1e-6)[0],
                              bounds=(-6, 4), method="bounded", options={"xatol": 1e-9}).x
     exact = minimize_scalar(lambda t: -_direct_profile(t, b, c, y[:, 0], sf, z, 1e-6),
                             bounds=(-6, 4), method="bounded", options={"xatol": 1e-9}).x

@@ -141,17 +141,6 @@ def profile(theta, a_ptr, a_mu, a_w, e_ptr, e_mu, e_y, tail):
 
 
 @njit(cache=True)
-def group_profile(theta, b, c, g, k, G, atom_ptr, atom_logs, atom_w, atom_z,
-                  cell_logs, cell_z, nz_ptr, nz_y, nz_cell, minmu):
-    """`profile` of one group at intercept b."""
-    ks = np.full(1, k, dtype=np.int64)
-    bk = np.full(1, b)
-    state = fixed_mu(ks, bk, c, g, G, atom_ptr, atom_logs, atom_w, atom_z, cell_logs, cell_z,
-                     nz_ptr, nz_y, nz_cell, minmu)
-    return profile(theta, *state)
-
-
-@njit(cache=True)
 def _score_terms(b, a, a_ptr, a_base, a_w, e_ptr, e_base, e_y, minmu):
     """Score, observed information, Fisher information and their theta derivatives for the
     intercept b of the single group of a `fixed_mu` state built at b = 0 with no floor

@@ -10,7 +10,7 @@ from scipy.special import gammaln, polygamma
 from scipy.stats import false_discovery_control
 
 from perturbglm import kernels, special, summaries
-from perturbglm.pipeline import _bh
+from perturbglm.pipeline import bh
 
 
 def test_polygamma_against_scipy():
@@ -34,7 +34,11 @@ def _small_block(seed=0, n=300, genes=3, groups=2, q=0):
     group = rng.integers(0, groups, n)
     sf = np.exp(rng.normal(0, 0.3, n))
     z = rng.integers(0, 2, (n, q)).astype(float)
-    block = summaries.build_block(counts, group, sf, z, True, groups)
+    at = summaries.atoms(group, sf, z, True, groups)
+    store = summaries.Store(genes)
+    assert store.add(counts.indptr, counts.indices, counts.data, 0, True, group >= 0,
+                     np.zeros(n), None)
+    block = summaries.build_block(store.load(0, store.n_slabs), 0, genes, group, at)
     return block, counts.toarray(), group, sf, z
 
 
@@ -80,7 +84,7 @@ def test_binned_atoms_are_accurate():
     from scipy.optimize import minimize_scalar
 
     block, y, group, sf, z = _small_block(n=4000, groups=1)
-    assert block.atom_ptr[1] <= summaries.ATOM_BINS
+    assert block.atoms.atom_ptr[1] <= summaries.ATOM_BINS
     args = block.kernel_args()
     c = np.zeros(0)
     b = math.log(y[:, 0].mean())
@@ -124,7 +128,7 @@ def test_benjamini_hochberg_matches_scipy():
     rng = np.random.default_rng(1)
     p = rng.random(500) ** 3
     p[::7] = np.nan
-    ours = _bh(p)
+    ours = bh(p)
     ok = np.isfinite(p)
     assert np.allclose(ours[ok], false_discovery_control(p[ok]))
     assert np.all(np.isnan(ours[~ok]))

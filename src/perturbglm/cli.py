@@ -8,25 +8,8 @@ import sys
 import tempfile
 import time
 
+from . import memory
 from .errors import InputError
-
-
-def _progress(label: str):
-    """A one-line progress report on a terminal; silent in logs."""
-    if not sys.stderr.isatty():
-        return None
-    t0 = time.perf_counter()
-
-    def report(done: int, total: int) -> None:
-        el = time.perf_counter() - t0
-        rate = done / el if el > 0 else 0.0
-        eta = (total - done) / rate if rate > 0 else 0.0
-        sys.stderr.write(f"\r{label}: {done:,}/{total:,} cells  {rate:,.0f} cells/s  "
-                         f"ETA {eta:.0f}s ")
-        if done >= total:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
-    return report
 
 
 def _add_de(sub):
@@ -50,30 +33,56 @@ def _add_de(sub):
                    help="floor on fitted means (default 1e-6; 0.5 is DESeq2's classic value)")
     p.add_argument("--fdr", type=float, default=0.1, help="FDR for the summary (default 0.1)")
     p.add_argument("--threads", type=int, default=None, help="threads (default: all cores)")
-    p.add_argument("--chunk-cells", type=int, default=10_000, help="cells read per chunk")
+    p.add_argument("--max-memory", default=memory.DEFAULT,
+                   help=f"memory budget, e.g. 2G or 500M (default {memory.DEFAULT}); sets the "
+                        "read chunk and whether counts are spilled to OUT.partial on disk")
+    p.add_argument("--chunk-cells", type=int, default=None,
+                   help="cells read per chunk (default: set by --max-memory)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --out folder (or an interrupted run's OUT.partial)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run from OUT.partial")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
 
 
 def _cmd_de(args) -> int:
-    from . import api
-    from .result import check_destination
+    from . import pipeline
+    from .output import check_destination
+    from .progress import Progress
+    from .result import Result
 
     check_destination(args.out, args.overwrite)
-    res = api.de(args.screen, groupby=args.groupby, control=args.control,
-                 covariates=args.covariates, layer=args.layer, size_factors=args.size_factors,
-                 min_cells=args.min_cells, min_mu=args.min_mu, dispersion=args.dispersion,
-                 chunk_cells=args.chunk_cells, threads=args.threads, fdr=args.fdr,
-                 progress=_progress("reading"))
-    res.write(args.out, overwrite=args.overwrite)
-    _report(res, args.out)
+    opts = pipeline.Options(
+        groupby=args.groupby, control=args.control,
+        covariates=[c for c in args.covariates.split(",") if c], layer=args.layer,
+        size_factors=args.size_factors, min_cells=args.min_cells, min_mu=args.min_mu,
+        dispersion=args.dispersion, max_memory=args.max_memory, chunk_cells=args.chunk_cells,
+        threads=args.threads, fdr=args.fdr)
+    bar = None if args.quiet else Progress()
+    try:
+        pipeline.run(args.screen, opts, args.out, overwrite=args.overwrite,
+                     resume=args.resume, progress=bar)
+    except KeyboardInterrupt:
+        if bar:
+            bar.close()
+        partial = args.out.rstrip("/") + ".partial"
+        if os.path.exists(partial):
+            print(f"perturbglm: interrupted; finished steps are kept in {partial}: rerun with "
+                  "--resume to continue", file=sys.stderr)
+        else:
+            print("perturbglm: interrupted; nothing was written", file=sys.stderr)
+        return 130
+    if bar:
+        bar.close()
+    _report(Result.read(args.out), args.out)
     return 0
 
 
 def _report(res, out: str) -> None:
     info = res.run_info
     s = res.summary
-    print(f"{len(s)} perturbations x {res.table['gene'].nunique()} genes; "
+    print(f"{len(s)} perturbations x {info['n_genes']:,} genes; "
           f"{int(s['de_genes'].sum())} DE pairs at FDR {info['parameters']['fdr']}; "
           f"{info['timings']['total']:.2f} s")
     if info.get("skipped_groups"):

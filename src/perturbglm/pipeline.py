@@ -1,26 +1,42 @@
-"""The analysis from file to table: one pass over the counts, then the DESeq2 stages.
+"""The analysis from file to table, in bounded memory.
+
+1. Metadata: obs columns used, the design, a memory plan (memory.py).
+2. One pass over the counts (scan.py), filing non-zeros by gene slab, in memory or spilled
+   to OUT.partial; a second pass only for poscounts size factors.
+3. Stage A, per gene block: initial means, control tables, gene-wise dispersions.
+4. Trend and prior per comparison, across all genes (needs every block's stage A).
+5. Stage B, per gene block: MAP dispersions and Wald tests.
+6. The table, assembled a chunk of comparisons at a time and streamed to parquet (output.py).
 
 Each perturbation is compared with the control cells as DESeq2 would compare the two groups
 alone (its own trend and prior), or, with dispersion="global", every comparison shares one
-dispersion per gene estimated from all cells.
+dispersion per gene estimated from all cells. Every finished step is saved in the workspace,
+so --resume continues an interrupted run.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numba
 import numpy as np
-import pandas as pd
 from scipy.special import ndtr
 
 from . import design as design_mod
+from . import memory, output, scan, stages, summaries, trend
 from . import size_factors as sf_mod
-from . import stages, summaries, trend
 from .errors import InputError
-from .reader import locate_counts, obs_columns, open_h5ad, read_obs, read_var_names
+from .reader import (
+    locate_counts,
+    obs_columns,
+    open_h5ad,
+    read_obs,
+    read_var_names,
+    stored_nnz,
+)
+from .workspace import Workspace, fingerprint
 
 ALPHA_INIT = 0.5     # dispersion at which the initial means are fitted (DESeq2's alphaInit)
 MIN_DISP = trend.MIN_DISP
@@ -36,7 +52,8 @@ class Options:
     min_cells: int = 3
     min_mu: float = 1e-6
     dispersion: str = "per-comparison"
-    chunk_cells: int = 10_000
+    max_memory: str | int | None = None
+    chunk_cells: int | None = None
     threads: int | None = None
     fdr: float = 0.1
 
@@ -48,12 +65,22 @@ class Options:
                              "DESeq2)")
         if self.min_cells < 1:
             raise InputError("--min-cells must be at least 1")
-        if self.chunk_cells < 1:
+        if self.chunk_cells is not None and self.chunk_cells < 1:
             raise InputError("--chunk-cells must be at least 1")
+        if self.threads is not None and self.threads < 1:
+            raise InputError("--threads must be at least 1")
+        if not 0 < self.fdr < 1:
+            raise InputError("--fdr must lie between 0 and 1")
         sf_mod.parse(self.size_factors)
+        memory.parse(self.max_memory)
+
+    def fingerprint(self) -> dict:
+        """The options that change the numbers (not memory, chunking or threads)."""
+        skip = ("max_memory", "chunk_cells", "threads")
+        return {k: v for k, v in asdict(self).items() if k not in skip}
 
 
-def _bh(p: np.ndarray) -> np.ndarray:
+def bh(p: np.ndarray) -> np.ndarray:
     """Benjamini-Hochberg over the finite p-values of one comparison; NaN stays NaN."""
     out = np.full(p.shape, np.nan)
     ok = np.flatnonzero(np.isfinite(p))
@@ -66,13 +93,143 @@ def _bh(p: np.ndarray) -> np.ndarray:
     return out
 
 
-def run(path: str, opts: Options, progress=None) -> dict:
-    """Run the analysis on an .h5ad path; returns the pieces `result.Result` is built from."""
+@dataclass
+class Context:
+    """What every stage of every block shares."""
+
+    des: design_mod.Design
+    opts: Options
+    atoms: summaries.Atoms
+    comps: np.ndarray        # tested groups, in label order
+    dcomps: np.ndarray       # dispersion comparisons: comps, or [-1] (all groups) if global
+    m_cells: np.ndarray      # cells behind each dispersion comparison
+    n_coef: int
+    lo: float
+    theta_lo: float
+    n_prof: int
+    n_wald: int
+
+    @property
+    def hi(self) -> np.ndarray:
+        return np.log(np.maximum(10.0, self.m_cells))
+
+
+def _context(des, opts, at) -> Context:
+    comps = np.array(des.perturbations, dtype=np.int64)
+    n_total = at.group_n.sum()
+    cells_cmp = at.group_n[des.control] + at.group_n[comps]
+    lo = math.log(MIN_DISP / 10)
+    theta_lo = lo - 0.5
+    theta_hi = math.log(max(10.0, n_total)) + 0.5
+    q = des.covariates.shape[1]
+    glob = opts.dispersion == "global"
+    return Context(
+        des=des, opts=opts, atoms=at, comps=comps,
+        dcomps=np.array([-1], dtype=np.int64) if glob else comps,
+        m_cells=np.array([n_total]) if glob else cells_cmp,
+        n_coef=(des.n_groups + q) if glob else (2 + q), lo=lo, theta_lo=theta_lo,
+        n_prof=int(math.ceil((theta_hi - theta_lo) / stages.PROFILE_STEP)) + 1,
+        n_wald=int(math.ceil((theta_hi - theta_lo) / stages.WALD_STEP)) + 1)
+
+
+def stage_a(block: summaries.GeneBlock, cx: Context) -> dict:
+    """Initial means, control tables and gene-wise dispersions of one gene block.
+    Per-comparison arrays are saved comparisons x genes."""
+    args = block.kernel_args()
+    ctrl = cx.des.control
+    minmu = float(cx.opts.min_mu)
+    group_n = cx.atoms.group_n
+    b, coef, refit = stages.initial_fit(math.log(ALPHA_INIT), ctrl, group_n, *args, minmu)
+    prof, wald_tab = stages.control_tables(cx.theta_lo, cx.n_prof, cx.n_wald, ctrl, b, coef,
+                                           *args, minmu)
+    n_nz = np.diff(block.nz_ptr).reshape(-1, cx.des.n_groups)
+    norm = block.group_sums(block.nz_y * np.exp(-cx.atoms.cell_logs[block.nz_cell]))
+    pct = 100.0 * n_nz / group_n[None, :]
+    cells_cmp = group_n[ctrl] + group_n[cx.comps]
+    base_mean = (norm[:, [ctrl]] + norm[:, cx.comps]) / cells_cmp[None, :]
+    bm = (norm.sum(axis=1) / group_n.sum())[:, None] if cx.dcomps[0] < 0 else base_mean
+    start = np.where(~(bm > 0), np.nan, math.log(ALPHA_INIT))
+    no_prior = np.zeros(cx.dcomps.shape[0])
+    th_gene = stages.dispersions(cx.dcomps, start, start, no_prior, cx.lo, cx.hi, b, coef,
+                                 prof, cx.theta_lo, *args, minmu)
+    disp_gene = np.clip(np.exp(th_gene), MIN_DISP, np.maximum(10.0, cx.m_cells)[None, :])
+    return {"b": b, "coef": coef, "refit": refit, "prof": prof, "wald_tab": wald_tab,
+            "disp_gene": disp_gene.T, "bm": bm.T, "base_mean": base_mean.T,
+            "pct_perturbed": pct[:, cx.comps].T, "pct_control": pct[:, ctrl]}
+
+
+def trend_chunk(disp_gene: np.ndarray, bm: np.ndarray, cx: Context, c0: int) -> dict:
+    """Trend and prior variance of dispersion comparisons c0.. (rows of the arrays)."""
+    n = disp_gene.shape[0]
+    disp_trend = np.full_like(disp_gene, np.nan)
+    prior_var = np.zeros(n)
+    var_log = np.zeros(n)
+    kinds = []
+    for j in range(n):
+        disp_trend[j], kind = trend.fit(bm[j], disp_gene[j])
+        kinds.append(kind)
+        prior_var[j], var_log[j] = trend.prior_variance(disp_gene[j], disp_trend[j],
+                                                         cx.m_cells[c0 + j], cx.n_coef)
+    return {"disp_trend": disp_trend, "prior_var": prior_var, "var_log": var_log,
+            "kind": np.array(kinds)}
+
+
+def stage_b(block: summaries.GeneBlock, a: dict, disp_trend: np.ndarray, prior_var,
+            var_log, cx: Context) -> dict:
+    """MAP dispersions (DESeq2's rules for the start and for outliers) and Wald tests."""
+    args = block.kernel_args()
+    minmu = float(cx.opts.min_mu)
+    max_disp = np.maximum(10.0, cx.m_cells)[None, :]
+    log_gene = np.log(a["disp_gene"].T)
+    log_trend = np.log(disp_trend.T)
+    # DESeq2 starts the MAP search at the gene-wise value unless it lies 10x below the trend
+    map_start = np.where(log_gene > log_trend + math.log(0.1), log_gene, log_trend)
+    map_start[~(a["bm"].T > 0)] = np.nan
+    th_map = stages.dispersions(cx.dcomps, map_start, log_trend, prior_var, cx.lo, cx.hi,
+                                a["b"], a["coef"], a["prof"], cx.theta_lo, *args, minmu)
+    disp = np.clip(np.exp(th_map), MIN_DISP, max_disp)
+    outlier = log_gene > log_trend + 2 * np.sqrt(var_log)[None, :]
+    disp = np.where(outlier, np.exp(log_gene), disp)
+    theta = np.log(disp)
+    if cx.dcomps[0] < 0:
+        theta = np.repeat(theta, cx.comps.size, axis=1)
+        theta[~(a["base_mean"].T > 0)] = np.nan
+    lfc, se = stages.wald(cx.comps, cx.des.control, theta, a["coef"], a["wald_tab"],
+                          cx.theta_lo, *args, minmu)
+    return {"disp": disp.T, "lfc": lfc.T / math.log(2), "se": se.T / math.log(2)}
+
+
+class Blocks:
+    """Gene blocks of the store, loaded (and ordered) on demand; the last one is kept so
+    that a screen held in one block is not rebuilt for stage B."""
+
+    def __init__(self, store, ranges, cell_group, at):
+        self.store, self.ranges, self.cell_group, self.at = store, ranges, cell_group, at
+        self._last = (None, None)
+
+    def genes(self, i: int) -> tuple[int, int]:
+        s0, s1 = self.ranges[i]
+        return int(self.store.bounds[s0]), int(self.store.bounds[s1])
+
+    def get(self, i: int) -> summaries.GeneBlock:
+        if self._last[0] != i:
+            self._last = (None, None)
+            g0, g1 = self.genes(i)
+            rec = self.store.load(*self.ranges[i])
+            self._last = (i, summaries.build_block(rec, g0, g1, self.cell_group, self.at))
+        return self._last[1]
+
+
+def run(path: str, opts: Options, out_dir: str, overwrite: bool = False,
+        resume: bool = False, progress=None) -> output.Written:
+    """Analyse the .h5ad at `path` and write OUT_DIR/results.parquet, summary.csv, run.json."""
     opts.check()
+    budget = memory.parse(opts.max_memory)
+    output.check_destination(out_dir, overwrite)
     timings = {}
     t0 = time.perf_counter()
-    if opts.threads:
-        numba.set_num_threads(min(opts.threads, numba.config.NUMBA_NUM_THREADS))
+    numba.set_num_threads(min(opts.threads or numba.config.NUMBA_NUM_THREADS,
+                              numba.config.NUMBA_NUM_THREADS))
     with open_h5ad(path) as f:
         src = locate_counts(f, opts.layer)
         genes = read_var_names(f, src)
@@ -86,126 +243,163 @@ def run(path: str, opts: Options, progress=None) -> dict:
         des = design_mod.build(obs, columns, opts.groupby, opts.control, opts.covariates,
                                opts.min_cells)
         obs_sf = sf_mod.from_obs(obs, columns, column) if kind == "obs" else None
-        timings["read_metadata"] = time.perf_counter() - t0
-        data = summaries.stream(f, src, des.cell_group, opts.chunk_cells, progress)
+        del obs
+        n_comps = len(des.perturbations)
+        nnz = stored_nnz(f, src)
+        ws = Workspace(out_dir.rstrip("/") + ".partial",
+                       fingerprint(path, opts.fingerprint()), resume, overwrite)
+        try:
+            if ws.has("plan.json"):
+                plan = memory.Plan(**ws.load_json("plan"))
+            else:
+                plan = memory.plan(budget, src.n_cells, src.n_genes, nnz, n_comps)
+                ws.save_json("plan", asdict(plan))
+            timings["read_metadata"] = time.perf_counter() - t0
+            store = summaries.Store(src.n_genes, None if plan.in_memory else ws.file("store"))
+            chunk_cells = opts.chunk_cells or plan.chunk_cells(src.n_cells, nnz)
+            totals, logsum = scan.first_pass(
+                f, src, des.cell_group, store, plan.chunk_nnz, chunk_cells,
+                None if plan.in_memory else ws, kind == "poscounts", progress)
+            if kind == "library":
+                sf = sf_mod.library(totals)
+            elif kind == "poscounts":
+                sf = scan.poscounts_pass(f, src, des.cell_group, logsum, chunk_cells, progress)
+            else:
+                sf = obs_sf
+        except InputError:
+            ws.discard()
+            raise
     timings["read_counts"] = time.perf_counter() - t0 - timings["read_metadata"]
-    if kind == "library":
-        sf = sf_mod.library(data.totals)
-    elif kind == "poscounts":
-        sf = sf_mod.poscounts(data.counts)
-    else:
-        sf = obs_sf
     empty = (des.cell_group >= 0) & ~(sf > 0)
     des.cell_group[empty] = -1
     counted = np.bincount(des.cell_group[des.cell_group >= 0], minlength=des.n_groups)
     for k in np.flatnonzero(counted == 0):
+        ws.discard()
         raise InputError(f"group '{des.labels[k]}' has no cells with counts left")
-    block = summaries.build_block(data.counts, des.cell_group, sf, des.covariates,
-                                  des.categorical_only, des.n_groups)
-    t1 = time.perf_counter()
-    table, info = _fit(block, des, genes, opts)
-    timings["fit"] = time.perf_counter() - t1
-    timings["total"] = time.perf_counter() - t0
-    info.update(n_cells=int(src.n_cells), n_genes=int(src.n_genes), matrix=src.key,
-                layout=src.layout, cells_without_counts=int(empty.sum()),
-                cells_without_label=des.dropped_cells, skipped_groups=des.skipped,
-                covariate_columns=des.covariate_names, timings=timings)
-    return {"table": table, "info": info, "design": des, "genes": genes}
-
-
-def _fit(block: summaries.GeneBlock, des, genes, opts: Options):
-    G = des.n_groups
-    ctrl = des.control
-    args = block.kernel_args()
-    n_genes = genes.shape[0]
-    q = des.covariates.shape[1]
-    minmu = float(opts.min_mu)
-    b, coef, refit = stages.initial_fit(math.log(ALPHA_INIT), ctrl, block.group_n, *args, minmu)
-    n_total = block.group_n.sum()
-    lo = math.log(MIN_DISP / 10)
-    theta_lo = lo - 0.5
-    theta_hi = math.log(max(10.0, n_total)) + 0.5
-    n_prof = int(math.ceil((theta_hi - theta_lo) / stages.PROFILE_STEP)) + 1
-    n_wald = int(math.ceil((theta_hi - theta_lo) / stages.WALD_STEP)) + 1
-    prof, wald_tab = stages.control_tables(theta_lo, n_prof, n_wald, ctrl, b, coef, *args,
-                                           minmu)
-
-    perts = np.array(des.perturbations, dtype=np.int64)
-    n_nz = np.diff(block.nz_ptr).reshape(n_genes, G)
-    norm = block.group_sums(block.nz_y * np.exp(-block.cell_logs[block.nz_cell]))
-    pct = 100.0 * n_nz / block.group_n[None, :]
-    cells_cmp = block.group_n[ctrl] + block.group_n[perts]
-    base_mean = (norm[:, [ctrl]] + norm[:, perts]) / cells_cmp[None, :]
-
-    if opts.dispersion == "global":
-        comps = np.array([-1], dtype=np.int64)
-        m_cells = np.array([n_total])
-        n_coef = G + q
-        bm = (norm.sum(axis=1) / n_total)[:, None]
+    at = summaries.atoms(des.cell_group, sf, des.covariates, des.categorical_only,
+                         des.n_groups)
+    cx = _context(des, opts, at)
+    if ws.has("blocks.json"):
+        ranges = [tuple(r) for r in ws.load_json("blocks")]
     else:
-        comps = perts
-        m_cells = cells_cmp
-        n_coef = 2 + q
-        bm = base_mean
-    max_disp = np.maximum(10.0, m_cells)
-    hi = np.log(max_disp)
-    no_counts = ~(bm > 0)
-    start = np.where(no_counts, np.nan, math.log(ALPHA_INIT))
-    no_prior = np.zeros(comps.shape[0])
-    th_gene = stages.dispersions(comps, start, start, no_prior, lo, hi, b, coef, prof,
-                                 theta_lo, *args, minmu)
-    disp_gene = np.clip(np.exp(th_gene), MIN_DISP, max_disp[None, :])
-    disp_trend = np.full_like(disp_gene, np.nan)
-    prior_var = np.zeros(comps.shape[0])
-    var_log = np.zeros(comps.shape[0])
-    fit_kind = []
-    for j in range(comps.shape[0]):
-        disp_trend[:, j], kind = trend.fit(bm[:, j], disp_gene[:, j])
-        fit_kind.append(kind)
-        prior_var[j], var_log[j] = trend.prior_variance(disp_gene[:, j], disp_trend[:, j],
-                                                         m_cells[j], n_coef)
-    log_gene, log_trend = np.log(disp_gene), np.log(disp_trend)
-    # DESeq2 starts the MAP search at the gene-wise value unless it lies 10x below the trend
-    map_start = np.where(log_gene > log_trend + math.log(0.1), log_gene, log_trend)
-    th_map = stages.dispersions(comps, map_start, log_trend, prior_var, lo, hi, b, coef, prof,
-                                theta_lo, *args, minmu)
-    disp = np.clip(np.exp(th_map), MIN_DISP, max_disp[None, :])
-    outlier = np.log(disp_gene) > np.log(disp_trend) + 2 * np.sqrt(var_log)[None, :]
-    disp = np.where(outlier, disp_gene, disp)
-    if opts.dispersion == "global":
-        disp = np.repeat(disp, perts.size, axis=1)
-        disp_gene = np.repeat(disp_gene, perts.size, axis=1)
-        disp_trend = np.repeat(disp_trend, perts.size, axis=1)
-        disp[~(base_mean > 0)] = np.nan
-    lfc, se = stages.wald(perts, ctrl, np.log(disp), coef, wald_tab, theta_lo, *args, minmu)
-    lfc /= math.log(2)
-    se /= math.log(2)
-    stat = lfc / se
-    pval = 2 * ndtr(-np.abs(stat))
-    padj = np.column_stack([_bh(pval[:, j]) for j in range(perts.size)]) if perts.size else pval
+        max_slabs = max(1, plan.block_genes(n_comps) // summaries.SLAB_GENES)
+        ranges = store.blocks(plan.block_nnz, max_slabs)
+        ws.save_json("blocks", ranges)
+    blocks = Blocks(store, ranges, des.cell_group, at)
 
+    t1 = time.perf_counter()
+    n_steps = 2 * len(ranges)
+    if progress:
+        progress("fitting", 0, n_steps, "steps")
+    for i in range(len(ranges)):
+        if not ws.has(f"a{i:05d}"):
+            ws.save_arrays(f"a{i:05d}", **stage_a(blocks.get(i), cx))
+        if progress:
+            progress("fitting", i + 1, n_steps, "steps")
+    timings["stage_a"] = time.perf_counter() - t1
+
+    t1 = time.perf_counter()
+    n_d = cx.dcomps.size
+    chunk = plan.comps_chunk
+    trend_names = []
+    for c0 in range(0, n_d, chunk):
+        name = f"t{c0:07d}"
+        trend_names.append((c0, min(c0 + chunk, n_d), name))
+        if ws.has(name):
+            continue
+        rows = slice(c0, min(c0 + chunk, n_d))
+        dg = np.concatenate([ws.load(f"a{i:05d}", "disp_gene", rows)
+                             for i in range(len(ranges))], axis=1)
+        bm = np.concatenate([ws.load(f"a{i:05d}", "bm", rows) for i in range(len(ranges))],
+                            axis=1)
+        ws.save_arrays(name, **trend_chunk(dg, bm, cx, c0))
+    prior_var = np.concatenate([ws.load(n, "prior_var") for _, _, n in trend_names])
+    var_log = np.concatenate([ws.load(n, "var_log") for _, _, n in trend_names])
+    kinds = np.concatenate([ws.load(n, "kind") for _, _, n in trend_names])
+    timings["trend"] = time.perf_counter() - t1
+
+    t1 = time.perf_counter()
+    for i in range(len(ranges)):
+        if not ws.has(f"b{i:05d}"):
+            g0, g1 = blocks.genes(i)
+            a = {k: ws.load(f"a{i:05d}", k) for k in
+                 ("b", "coef", "prof", "wald_tab", "disp_gene", "bm", "base_mean")}
+            dt = np.concatenate([ws.load(n, "disp_trend", cols=slice(g0, g1))
+                                 for _, _, n in trend_names], axis=0)
+            ws.save_arrays(f"b{i:05d}", **stage_b(blocks.get(i), a, dt, prior_var, var_log,
+                                                  cx))
+        if progress:
+            progress("fitting", len(ranges) + i + 1, n_steps, "steps")
+    timings["stage_b"] = time.perf_counter() - t1
+    store.close()
+
+    refit = np.concatenate([ws.load(f"a{i:05d}", "refit") for i in range(len(ranges))])
     labels = np.array(des.labels, dtype=object)
-    table = pd.DataFrame({
-        "perturbation": np.repeat(labels[perts], n_genes),
-        "gene": np.tile(genes, perts.size),
-        "base_mean": base_mean.T.ravel(),
-        "log2fc": lfc.T.ravel(),
-        "lfc_se": se.T.ravel(),
-        "stat": stat.T.ravel(),
-        "pvalue": pval.T.ravel(),
-        "padj": padj.T.ravel(),
-        "dispersion": disp.T.ravel(),
-        "dispersion_gene": disp_gene.T.ravel(),
-        "dispersion_trend": disp_trend.T.ravel(),
-        "pct_perturbed": pct[:, perts].T.ravel(),
-        "pct_control": np.repeat(pct[:, [ctrl]], perts.size, axis=1).T.ravel(),
-    })
-    order = np.argsort(labels[perts].astype(str), kind="stable")
-    table = table.iloc[(order[:, None] * n_genes + np.arange(n_genes)).ravel()]
-    table = table.reset_index(drop=True)
-    info = {"trend_fit": dict(zip(
-        [str(x) for x in (labels[perts] if opts.dispersion != "global" else ["all"])],
-        fit_kind, strict=True)),
+    info = {
+        "trend_fit": dict(zip([str(x) for x in (labels[cx.comps] if cx.dcomps[0] >= 0
+                                                else ["all"])],
+                              [str(k) for k in kinds], strict=True)),
         "prior_variance": [float(x) for x in prior_var],
-        "genes_with_covariates_from_all_cells": [str(x) for x in genes[refit]]}
-    return table, info
+        "genes_with_covariates_from_all_cells": [str(x) for x in genes[refit]],
+        "n_cells": int(src.n_cells), "n_genes": int(src.n_genes), "matrix": src.key,
+        "layout": src.layout, "cells_without_counts": int(empty.sum()),
+        "cells_without_label": des.dropped_cells, "skipped_groups": des.skipped,
+        "covariate_columns": des.covariate_names,
+        "memory": {"budget_bytes": plan.budget, "counts_in_memory": plan.in_memory,
+                   "gene_blocks": len(ranges), "chunk_cells": int(chunk_cells),
+                   "resumed": ws.resumed},
+        "timings": timings,
+    }
+    step = max(1, min(plan.comps_chunk, output.ROWS_PER_GROUP // max(genes.size, 1)))
+    chunks = _table_chunks(ws, cx, ranges, trend_names, step, progress)
+    written = output.write(out_dir, overwrite, chunks, des, genes, info, opts, path, t0)
+    ws.discard()
+    return written
+
+
+def _table_chunks(ws, cx: Context, ranges, trend_names, step, progress):
+    """Yield (comparison labels, dict of comparisons x genes arrays) in label order."""
+    n_c = cx.comps.size
+    glob = cx.dcomps[0] < 0
+    labels = np.array(cx.des.labels, dtype=object)
+    blocks = range(len(ranges))
+
+    def gather(prefix, key, rows):
+        return np.concatenate([ws.load(f"{prefix}{i:05d}", key, rows) for i in blocks],
+                              axis=1)
+
+    trend_rows = np.concatenate([ws.load(n, "disp_trend", slice(0, 1)) for _, _, n in
+                                 trend_names[:1]]) if glob else None
+    pct_control = np.concatenate([ws.load(f"a{i:05d}", "pct_control") for i in blocks])
+    if progress:
+        progress("writing", 0, n_c, "perturbations")
+    for c0 in range(0, n_c, step):
+        c1 = min(c0 + step, n_c)
+        rows = slice(c0, c1)
+        cols = {
+            "base_mean": gather("a", "base_mean", rows),
+            "lfc": gather("b", "lfc", rows),
+            "se": gather("b", "se", rows),
+            "pct_perturbed": gather("a", "pct_perturbed", rows),
+        }
+        if glob:
+            n = c1 - c0
+            cols["disp"] = np.repeat(gather("b", "disp", slice(0, 1)), n, axis=0)
+            cols["disp"][~(cols["base_mean"] > 0)] = np.nan
+            cols["disp_gene"] = np.repeat(gather("a", "disp_gene", slice(0, 1)), n, axis=0)
+            cols["disp_trend"] = np.repeat(trend_rows, n, axis=0)
+        else:
+            cols["disp"] = gather("b", "disp", rows)
+            cols["disp_gene"] = gather("a", "disp_gene", rows)
+            cols["disp_trend"] = np.concatenate(
+                [ws.load(n, "disp_trend", slice(max(c0, t0) - t0, min(c1, t1) - t0))
+                 for t0, t1, n in trend_names if t0 < c1 and t1 > c0], axis=0)
+        stat = cols["lfc"] / cols["se"]
+        pval = 2 * ndtr(-np.abs(stat))
+        padj = np.vstack([bh(p) for p in pval])
+        cols.update(stat=stat, pvalue=pval, padj=padj,
+                    pct_control=np.broadcast_to(pct_control, stat.shape))
+        if progress:
+            progress("writing", c1, n_c, "perturbations")
+        yield labels[cx.comps[c0:c1]], cols
+

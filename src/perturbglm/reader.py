@@ -93,57 +93,65 @@ def read_obs(f: h5py.File, wanted: list[str]) -> pd.DataFrame:
                          if c in present})
 
 
-def iter_cell_chunks(f: h5py.File, src: CountSource, chunk_cells: int):
-    """Yield (start, CSR chunk of float64 counts) over consecutive cell ranges."""
+def iter_cell_chunks(f: h5py.File, src: CountSource, chunk_cells: int, first: int = 0):
+    """Yield (start, CSR chunk of counts, as stored) over consecutive cell ranges from
+    `first` (CSR or dense storage)."""
     node = f[src.key]
     if src.layout == "csr":
         indptr = node["indptr"][:].astype(np.int64)
         data_ds, ind_ds = node["data"], node["indices"]
-        for start in range(0, src.n_cells, chunk_cells):
+        for start in range(first, src.n_cells, chunk_cells):
             stop = min(start + chunk_cells, src.n_cells)
             lo, hi = indptr[start], indptr[stop]
             chunk = sp.csr_matrix(
-                (data_ds[lo:hi].astype(np.float64), ind_ds[lo:hi], indptr[start:stop + 1] - lo),
+                (data_ds[lo:hi], ind_ds[lo:hi], indptr[start:stop + 1] - lo),
                 shape=(stop - start, src.n_genes))
             yield start, chunk
-    elif src.layout == "dense":
-        for start in range(0, src.n_cells, chunk_cells):
-            stop = min(start + chunk_cells, src.n_cells)
-            yield start, sp.csr_matrix(node[start:stop].astype(np.float64))
     else:
-        yield from _iter_csc(node, src, chunk_cells)
+        for start in range(first, src.n_cells, chunk_cells):
+            stop = min(start + chunk_cells, src.n_cells)
+            yield start, sp.csr_matrix(node[start:stop])
 
 
-def _iter_csc(node, src: CountSource, chunk_cells: int):
-    """CSC storage: read gene blocks (sequential slices of the file) and convert them to one
-    CSR matrix held as compactly as the non-zeros allow, then serve cell chunks from it."""
+def iter_gene_slices(f: h5py.File, src: CountSource, chunk_nnz: int, first: int = 0):
+    """CSC storage: yield (g0, CSC slice of counts as stored, all cells x genes g0..) over
+    consecutive gene ranges from `first` holding about chunk_nnz non-zeros each: sequential
+    reads, never the whole matrix."""
+    node = f[src.key]
     indptr = node["indptr"][:].astype(np.int64)
     data_ds, ind_ds = node["data"], node["indices"]
-    blocks = []
-    step = max(1, 2_000_000 // max(1, src.n_cells))
-    for g0 in range(0, src.n_genes, step):
-        g1 = min(g0 + step, src.n_genes)
+    g0 = first
+    while g0 < src.n_genes:
+        g1 = int(np.searchsorted(indptr, indptr[g0] + chunk_nnz, side="right")) - 1
+        g1 = min(max(g1, g0 + 1), src.n_genes)
         lo, hi = indptr[g0], indptr[g1]
-        blocks.append(sp.csc_matrix(
-            (data_ds[lo:hi].astype(np.float64), ind_ds[lo:hi], indptr[g0:g1 + 1] - lo),
-            shape=(src.n_cells, g1 - g0)).tocsr())
-    full = sp.hstack(blocks, format="csr") if blocks else sp.csr_matrix((src.n_cells, 0))
-    for start in range(0, src.n_cells, chunk_cells):
-        yield start, full[start:min(start + chunk_cells, src.n_cells)]
+        yield g0, sp.csc_matrix(
+            (data_ds[lo:hi], ind_ds[lo:hi], indptr[g0:g1 + 1] - lo),
+            shape=(src.n_cells, g1 - g0))
+        g0 = g1
 
 
-def check_counts(chunk: sp.csr_matrix, start: int, key: str) -> None:
-    """Refuse values that are not raw counts: NaN/Inf, negative or non-integer."""
-    d = chunk.data
+def stored_nnz(f: h5py.File, src: CountSource) -> int:
+    """Stored entries of the matrix (all cells x genes for dense storage)."""
+    if src.layout == "dense":
+        return src.n_cells * src.n_genes
+    return int(f[src.key]["data"].shape[0])
+
+
+def check_counts(d: np.ndarray, where: str, key: str) -> None:
+    """Refuse values that are not raw counts: NaN/Inf, negative, non-integer or beyond int32.
+    `where` names the part of the matrix (e.g. "cells from 20000")."""
     if d.size == 0:
         return
     if not np.all(np.isfinite(d)):
-        raise InputError(f"'{key}' holds NaN or infinite values (cells from {start}); "
-                         "give raw UMI counts")
+        raise InputError(f"'{key}' holds NaN or infinite values ({where}); give raw UMI counts")
     if d.min() < 0:
-        raise InputError(f"'{key}' holds negative values (cells from {start}); it looks "
-                         "normalised or scaled; give raw counts (e.g. --layer counts)")
+        raise InputError(f"'{key}' holds negative values ({where}); it looks normalised or "
+                         "scaled; give raw counts (e.g. --layer counts)")
+    if d.max() >= 2**31:
+        raise InputError(f"'{key}' holds values of 2^31 or more ({where}); these are not UMI "
+                         "counts; give raw counts")
     if np.any(d != np.floor(d)):
-        raise InputError(f"'{key}' holds non-integer values (cells from {start}); it looks "
-                         "normalised or log-transformed; give raw counts (e.g. --layer counts "
-                         "or --layer raw)")
+        raise InputError(f"'{key}' holds non-integer values ({where}); it looks normalised "
+                         "or log-transformed; give raw counts (e.g. --layer counts or "
+                         "--layer raw)")

@@ -11,32 +11,36 @@ from .errors import InputError
 
 def library(totals: np.ndarray) -> np.ndarray:
     """Total counts over their geometric mean across cells with any counts."""
-    pos = totals > 0
-    sf = np.zeros_like(totals, dtype=np.float64)
-    sf[pos] = totals[pos] / np.exp(np.mean(np.log(totals[pos])))
-    return sf
+    return normalise(np.asarray(totals, dtype=np.float64))
 
 
-def poscounts(counts: sp.csr_matrix) -> np.ndarray:
-    """DESeq2's type="poscounts": median ratio of a cell's positive counts to each gene's
-    geometric mean (zeros counted as ones in the mean), rescaled to geometric mean 1."""
+def log_geometric_means(logsum: np.ndarray, n_cells: int) -> np.ndarray:
+    """Per-gene log geometric mean over n_cells with zeros counted as ones (poscounts)."""
+    return logsum / max(n_cells, 1)
+
+
+def median_ratios(counts: sp.csr_matrix, log_geo: np.ndarray) -> np.ndarray:
+    """Each cell's median ratio of its positive counts to the genes' geometric means
+    (DESeq2's poscounts before rescaling); 0 for a cell with no counts."""
     n_cells = counts.shape[0]
-    logs = counts.copy()
-    logs.data = np.log(logs.data)
-    log_geo = np.asarray(logs.sum(axis=0)).ravel() / n_cells
-    log_geo[np.bincount(counts.indices, minlength=counts.shape[1]) == 0] = -np.inf
     counts_per_cell = np.diff(counts.indptr)
     rows = np.repeat(np.arange(n_cells), counts_per_cell)
-    ratios = logs.data - log_geo[counts.indices]
+    ratios = np.log(counts.data) - log_geo[counts.indices]
     ratios = ratios[np.lexsort((ratios, rows))]
     sf = np.zeros(n_cells)
     has = counts_per_cell > 0
     start = counts.indptr[:-1][has]
     n = counts_per_cell[has]
     sf[has] = np.exp(0.5 * (ratios[start + (n - 1) // 2] + ratios[start + n // 2]))
-    pos = sf > 0
-    sf[pos] /= np.exp(np.mean(np.log(sf[pos])))
     return sf
+
+
+def normalise(sf: np.ndarray) -> np.ndarray:
+    """Rescale the positive size factors to geometric mean 1."""
+    pos = sf > 0
+    out = sf.copy()
+    out[pos] /= np.exp(np.mean(np.log(sf[pos])))
+    return out
 
 
 def from_obs(obs: pd.DataFrame, columns: list[str], column: str) -> np.ndarray:

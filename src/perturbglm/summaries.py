@@ -1,50 +1,158 @@
-"""One streaming pass over the matrix, and the per-group summaries the kernels work from.
+"""The non-zero counts, regrouped by gene, and the per-group summaries the kernels work from.
 
-The pass reads cell chunks, validates them, accumulates per-cell totals and keeps each
-non-zero count of an analysed cell, keyed by (gene, group). The kernels then see, for every
-(gene, group), only its non-zero counts, plus the group's size-factor atoms shared by all
-genes (see kernels.py).
+The pass over the file (pipeline.py) hands every chunk's non-zero counts of analysed cells to
+a `Store`, which files them by gene slab (SLAB_GENES consecutive genes), in memory when they
+fit the memory budget and in append-only spill files otherwise. A gene block (consecutive
+slabs) is later loaded and ordered by (gene, group) in one counting sort: the kernels then
+see, for every (gene, group), only its non-zero counts, plus the group's size-factor atoms
+shared by all genes (see kernels.py). Entries keep file order within a (gene, group), so the
+result does not depend on chunk sizes or thread counts.
 """
 
 from __future__ import annotations
 
+import math
+import os
 from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
-
-from .reader import check_counts, iter_cell_chunks
+from numba import njit
 
 ATOM_BINS = 128        # size-factor bins per stratum of a large group
 EXACT_UP_TO = 256      # strata with at most this many cells keep one atom per cell
+SLAB_GENES = 64        # genes per slab of the store
+RECORD = np.dtype([("cell", "<i4"), ("gene", "<i4"), ("y", "<i4")])
+
+
+class Store:
+    """Non-zero counts of analysed cells as (cell, gene, count) records, filed by gene slab.
+
+    folder=None keeps them in memory; otherwise each slab is an append-only file in `folder`,
+    and `lengths()` / `truncate()` let an interrupted pass resume from its last checkpoint."""
+
+    def __init__(self, n_genes: int, folder: str | None = None):
+        self.bounds = np.append(np.arange(0, n_genes, SLAB_GENES), n_genes).astype(np.int64)
+        self.n_slabs = self.bounds.size - 1
+        self.slab_of_gene = np.repeat(np.arange(self.n_slabs), np.diff(self.bounds))
+        self.folder = folder
+        self.nnz = np.zeros(self.n_slabs, dtype=np.int64)
+        self._parts = None if folder else [[] for _ in range(self.n_slabs)]
+        self._files = None
+        if folder:
+            os.makedirs(folder, exist_ok=True)
+
+    def _path(self, s: int) -> str:
+        return os.path.join(self.folder, f"slab{s:05d}.rec")
+
+    def add(self, ptr, minor, data, first: int, by_cell: bool, keep, totals, logsum) -> bool:
+        """File the entries of a compressed slice: cell rows first.. with gene indices
+        `minor` (CSR, by_cell) or gene columns first.. with cell indices `minor` (CSC).
+        Adds every value to totals[cell] and, if logsum is not None, log counts of kept
+        cells to logsum[gene]. Returns False, filing nothing, when a value is not a count."""
+        rec, slab_ptr, ok = _split(ptr, minor, data, first, by_cell, keep, self.slab_of_gene,
+                                   self.n_slabs, totals, logsum if logsum is not None
+                                   else np.zeros(0), logsum is not None)
+        if not ok:
+            return False
+        rec = rec.view(RECORD).ravel()
+        for s in np.flatnonzero(np.diff(slab_ptr)):
+            self._put(s, rec[slab_ptr[s]:slab_ptr[s + 1]])
+        return True
+
+    def _put(self, s: int, rec: np.ndarray) -> None:
+        self.nnz[s] += rec.size
+        if self._parts is not None:
+            self._parts[s].append(rec)
+            return
+        if self._files is None:
+            self._files = [open(self._path(i), "ab") for i in range(self.n_slabs)]
+        rec.tofile(self._files[s])
+
+    def sync(self) -> None:
+        """Flush spill files to disk (before a checkpoint records their lengths)."""
+        if self._files is not None:
+            for fh in self._files:
+                fh.flush()
+                os.fsync(fh.fileno())
+
+    def close(self) -> None:
+        if self._files is not None:
+            for fh in self._files:
+                fh.close()
+            self._files = None
+
+    def truncate(self, nnz: np.ndarray) -> None:
+        """Cut spill files back to a checkpoint's record counts."""
+        self.close()
+        for s in range(self.n_slabs):
+            with open(self._path(s), "ab") as fh:
+                fh.truncate(int(nnz[s]) * RECORD.itemsize)
+        self.nnz = np.asarray(nnz, dtype=np.int64).copy()
+
+    def load(self, s0: int, s1: int) -> np.ndarray:
+        """Records of slabs s0..s1-1, slab by slab in the order they were added."""
+        if self._parts is not None:
+            parts = [p for s in range(s0, s1) for p in self._parts[s]]
+        else:
+            self.close()
+            parts = [np.fromfile(self._path(s), dtype=RECORD, count=int(self.nnz[s]))
+                     for s in range(s0, s1)]
+        return np.concatenate(parts) if parts else np.empty(0, dtype=RECORD)
+
+    def blocks(self, max_nnz: int, max_slabs: int) -> list[tuple[int, int]]:
+        """Consecutive slab ranges of at most max_slabs slabs holding at most max_nnz records
+        each (a slab is never split: one larger than max_nnz forms its own block)."""
+        out, s0, acc = [], 0, 0
+        for s in range(self.n_slabs):
+            if s > s0 and (acc + self.nnz[s] > max_nnz or s - s0 >= max_slabs):
+                out.append((s0, s))
+                s0, acc = s, 0
+            acc += self.nnz[s]
+        out.append((s0, self.n_slabs))
+        return out
+
+
+@njit(cache=True)
+def _split(ptr, minor, data, first, by_cell, keep, slab_of_gene, n_slabs, totals, logsum,
+           want_logsum):
+    """One pass over a compressed slice: check every value is a count (ok=False at the first
+    that is not), sum cell totals, and split the non-zeros of kept cells by slab, in slice
+    order, as records (an int32 array n x 3: cell, gene, count)."""
+    counts = np.zeros(n_slabs + 1, dtype=np.int64)
+    for r in range(ptr.shape[0] - 1):
+        for e in range(ptr[r], ptr[r + 1]):
+            v = data[e]
+            if not (v >= 0.0 and v < 2147483648.0 and v == math.floor(v)):
+                return np.empty((0, 3), dtype=np.int32), counts, False
+            cell = first + r if by_cell else minor[e]
+            gene = minor[e] if by_cell else first + r
+            totals[cell] += v
+            if v > 0.0 and keep[cell]:
+                counts[slab_of_gene[gene] + 1] += 1
+                if want_logsum:
+                    logsum[gene] += math.log(v)
+    for s in range(n_slabs):
+        counts[s + 1] += counts[s]
+    pos = counts[:-1].copy()
+    rec = np.empty((counts[n_slabs], 3), dtype=np.int32)
+    for r in range(ptr.shape[0] - 1):
+        for e in range(ptr[r], ptr[r + 1]):
+            v = data[e]
+            cell = first + r if by_cell else minor[e]
+            gene = minor[e] if by_cell else first + r
+            if v > 0.0 and keep[cell]:
+                t = pos[slab_of_gene[gene]]
+                pos[slab_of_gene[gene]] += 1
+                rec[t, 0] = cell
+                rec[t, 1] = gene
+                rec[t, 2] = int(v)
+    return rec, counts, True
 
 
 @dataclass
-class Pass:
-    """What the single pass over the file produced."""
-
-    totals: np.ndarray          # per cell total counts (all cells of the file)
-    counts: sp.csr_matrix       # non-zero counts of analysed cells (cells x genes)
-
-
-def stream(f, src, cell_group: np.ndarray, chunk_cells: int, progress=None) -> Pass:
-    totals = np.zeros(src.n_cells)
-    parts = []
-    for start, chunk in iter_cell_chunks(f, src, chunk_cells):
-        check_counts(chunk, start, src.key)
-        totals[start:start + chunk.shape[0]] = np.asarray(chunk.sum(axis=1)).ravel()
-        keep = cell_group[start:start + chunk.shape[0]] >= 0
-        parts.append(chunk if keep.all() else chunk.multiply(keep[:, None]).tocsr())
-        if progress is not None:
-            progress(start + chunk.shape[0], src.n_cells)
-    counts = sp.vstack(parts, format="csr") if parts else sp.csr_matrix((0, src.n_genes))
-    counts.eliminate_zeros()
-    return Pass(totals, counts)
-
-
-@dataclass
-class GeneBlock:
-    """Arrays the compiled kernels take (see the layout note in kernels.py)."""
+class Atoms:
+    """Per-group size-factor summaries shared by all genes, and per-cell offsets."""
 
     G: int
     group_n: np.ndarray
@@ -54,22 +162,35 @@ class GeneBlock:
     atom_z: np.ndarray
     cell_logs: np.ndarray
     cell_z: np.ndarray
+
+
+@dataclass
+class GeneBlock:
+    """The kernels' view of genes g0..g1-1 (see the layout note in kernels.py)."""
+
+    g0: int
+    atoms: Atoms
     nz_ptr: np.ndarray
     nz_y: np.ndarray
     nz_cell: np.ndarray
 
+    @property
+    def n_genes(self) -> int:
+        return (self.nz_ptr.shape[0] - 1) // self.atoms.G
+
     def kernel_args(self):
-        return (self.G, self.atom_ptr, self.atom_logs, self.atom_w, self.atom_z,
-                self.cell_logs, self.cell_z, self.nz_ptr, self.nz_y, self.nz_cell)
+        a = self.atoms
+        return (a.G, a.atom_ptr, a.atom_logs, a.atom_w, a.atom_z, a.cell_logs, a.cell_z,
+                self.nz_ptr, self.nz_y, self.nz_cell)
 
     def group_sums(self, values: np.ndarray) -> np.ndarray:
         """Sum of per-entry values for every (gene, group): genes x groups."""
         sums = np.add.reduceat(np.append(values, 0.0), self.nz_ptr[:-1])
         sums[np.diff(self.nz_ptr) == 0] = 0.0
-        return sums.reshape(-1, self.G)
+        return sums.reshape(-1, self.atoms.G)
 
 
-def _atoms(logs: np.ndarray, z: np.ndarray):
+def _stratum_atoms(logs: np.ndarray, z: np.ndarray):
     """Atoms of one stratum (cells sharing a covariate row): exact cells when few, else
     equal-width bins in log size factor carrying the bin's cell count and mean size factor."""
     if logs.size <= EXACT_UP_TO:
@@ -83,8 +204,8 @@ def _atoms(logs: np.ndarray, z: np.ndarray):
     return np.log(s_sum[used] / w[used]), w[used], zrow
 
 
-def build_block(counts: sp.csr_matrix, cell_group: np.ndarray, size_factors: np.ndarray,
-                covariates: np.ndarray, categorical_only: bool, G: int) -> GeneBlock:
+def atoms(cell_group: np.ndarray, size_factors: np.ndarray, covariates: np.ndarray,
+          categorical_only: bool, G: int) -> Atoms:
     cells = np.flatnonzero(cell_group >= 0)
     cell_logs = np.zeros(cell_group.shape[0])
     cell_logs[cells] = np.log(size_factors[cells])
@@ -93,7 +214,6 @@ def build_block(counts: sp.csr_matrix, cell_group: np.ndarray, size_factors: np.
     a_logs, a_w, a_z = [], [], []
     by_group = np.argsort(cell_group, kind="stable")   # unanalysed cells (-1) first
     counts_k = np.bincount(cell_group[cells], minlength=G)
-    group_n = counts_k.astype(np.float64)
     bounds = cell_group.size - cells.size + np.concatenate([[0], np.cumsum(counts_k)])
     for k in range(G):
         members = by_group[bounds[k]:bounds[k + 1]]
@@ -104,23 +224,44 @@ def build_block(counts: sp.csr_matrix, cell_group: np.ndarray, size_factors: np.
             strata = [members[inv.ravel() == s] for s in range(inv.max() + 1)]
         else:
             strata = [members[i:i + 1] for i in range(members.size)]
+        n_atoms = 0
         for cells_s in strata:
-            lg, w, zz = _atoms(cell_logs[cells_s], covariates[cells_s])
+            lg, w, zz = _stratum_atoms(cell_logs[cells_s], covariates[cells_s])
             a_logs.append(lg)
             a_w.append(w)
             a_z.append(zz)
-        atom_ptr.append(atom_ptr[-1] + sum(x.size for x in a_logs[len(a_logs) - len(strata):]))
-    # rows in group order, then scipy's O(nnz) CSC conversion: each gene's entries come out
-    # grouped by group, the (gene, group) layout the kernels read
-    by_gene = counts[by_group[bounds[0]:]].tocsc()
-    nz_cell = by_group[bounds[0]:][by_gene.indices].astype(np.int64)
-    key = np.repeat(np.arange(counts.shape[1], dtype=np.int64) * G,
-                    np.diff(by_gene.indptr)) + cell_group[nz_cell]
-    nz_ptr = np.zeros(counts.shape[1] * G + 1, dtype=np.int64)
-    np.cumsum(np.bincount(key, minlength=counts.shape[1] * G), out=nz_ptr[1:])
-    return GeneBlock(
-        G=G, group_n=group_n, atom_ptr=np.asarray(atom_ptr, dtype=np.int64),
-        atom_logs=np.concatenate(a_logs), atom_w=np.concatenate(a_w),
-        atom_z=np.ascontiguousarray(np.concatenate(a_z, axis=0)),
-        cell_logs=cell_logs, cell_z=np.ascontiguousarray(covariates),
-        nz_ptr=nz_ptr, nz_y=by_gene.data.astype(np.float64), nz_cell=nz_cell)
+            n_atoms += lg.size
+        atom_ptr.append(atom_ptr[-1] + n_atoms)
+    return Atoms(G=G, group_n=counts_k.astype(np.float64),
+                 atom_ptr=np.asarray(atom_ptr, dtype=np.int64),
+                 atom_logs=np.concatenate(a_logs), atom_w=np.concatenate(a_w),
+                 atom_z=np.ascontiguousarray(np.concatenate(a_z, axis=0)),
+                 cell_logs=cell_logs, cell_z=np.ascontiguousarray(covariates))
+
+
+@njit(cache=True)
+def _order(cell, gene, y, g0, n_genes, cell_group, G):
+    """Counting sort of records by (gene, group), stable: O(records)."""
+    n_keys = n_genes * G
+    ptr = np.zeros(n_keys + 1, dtype=np.int64)
+    for e in range(cell.shape[0]):
+        ptr[(gene[e] - g0) * G + cell_group[cell[e]] + 1] += 1
+    for k in range(n_keys):
+        ptr[k + 1] += ptr[k]
+    pos = ptr[:-1].copy()
+    out_y = np.empty(cell.shape[0], dtype=np.int32)
+    out_cell = np.empty(cell.shape[0], dtype=np.int32)
+    for e in range(cell.shape[0]):
+        k = (gene[e] - g0) * G + cell_group[cell[e]]
+        t = pos[k]
+        pos[k] += 1
+        out_y[t] = y[e]
+        out_cell[t] = cell[e]
+    return ptr, out_y, out_cell
+
+
+def build_block(records: np.ndarray, g0: int, g1: int, cell_group: np.ndarray,
+                at: Atoms) -> GeneBlock:
+    ptr, y, cell = _order(records["cell"], records["gene"], records["y"], g0, g1 - g0,
+                          cell_group, at.G)
+    return GeneBlock(g0=g0, atoms=at, nz_ptr=ptr, nz_y=y, nz_cell=cell)

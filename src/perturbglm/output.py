@@ -1,0 +1,148 @@
+"""The result folder: results.parquet, summary.csv, run.json.
+
+The table is streamed to parquet a chunk of perturbations at a time (one row group each,
+zstd, key columns as plain strings, rows sorted by perturbation), into a temporary folder
+beside the destination that is renamed into place once complete: an interrupted run never
+leaves a half-written result, and an existing folder is replaced only with overwrite=True.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pandas as pd
+
+from .errors import InputError
+
+COLUMNS = [  # output column <- array name in the chunks
+    ("base_mean", "base_mean"), ("log2fc", "lfc"), ("lfc_se", "se"), ("stat", "stat"),
+    ("pvalue", "pvalue"), ("padj", "padj"), ("dispersion", "disp"),
+    ("dispersion_gene", "disp_gene"), ("dispersion_trend", "disp_trend"),
+    ("pct_perturbed", "pct_perturbed"), ("pct_control", "pct_control")]
+
+
+ROWS_PER_GROUP = 1_000_000    # rows per parquet row group
+SUMMARY_COLUMNS = ["perturbation", "cells", "control_cells", "genes_tested", "de_genes",
+                   "target_measured", "target_log2fc", "target_padj"]
+
+
+def _schema():
+    import pyarrow as pa
+    return pa.schema([("perturbation", pa.string()), ("gene", pa.string())]
+                     + [(name, pa.float64()) for name, _ in COLUMNS])
+
+
+@dataclass
+class Written:
+    out_dir: str
+    summary: pd.DataFrame
+    run_info: dict
+
+
+def check_destination(out_dir: str, overwrite: bool) -> None:
+    if os.path.exists(out_dir) and not overwrite:
+        raise InputError(f"output folder '{out_dir}' exists; pass --overwrite to replace it "
+                         "or choose another --out")
+
+
+@contextlib.contextmanager
+def staged(out_dir: str, overwrite: bool):
+    """A temporary folder beside OUT_DIR, renamed into place if the block completes and
+    removed if it fails."""
+    check_destination(out_dir, overwrite)
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".perturbglm-", dir=parent)
+    try:
+        yield tmp
+        if os.path.exists(out_dir):
+            old = tempfile.mkdtemp(prefix=".perturbglm-old-", dir=parent)
+            os.rename(out_dir, os.path.join(old, "x"))
+            os.rename(tmp, out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def run_record(path, opts, info) -> dict:
+    from importlib.metadata import version
+
+    from . import __version__
+    deps = ("numpy", "scipy", "numba", "h5py", "anndata", "pandas", "pyarrow")
+    return {
+        "input": os.path.abspath(path),
+        "parameters": asdict(opts),
+        "versions": {"perturbglm": __version__, "python": platform.python_version(),
+                     **{d: version(d) for d in deps}},
+        **info,
+    }
+
+
+def _summary_rows(labels, cols, design, genes_index, fdr):
+    n_cells = np.bincount(design.cell_group[design.cell_group >= 0],
+                          minlength=design.n_groups)
+    code = {label: k for k, label in enumerate(design.labels)}
+    for j, label in enumerate(labels):
+        g = genes_index.get(label)
+        yield {
+            "perturbation": label,
+            "cells": int(n_cells[code[label]]),
+            "control_cells": int(n_cells[design.control]),
+            "genes_tested": int(np.isfinite(cols["pvalue"][j]).sum()),
+            "de_genes": int((cols["padj"][j] < fdr).sum()),
+            "target_measured": g is not None,
+            "target_log2fc": float(cols["lfc"][j, g]) if g is not None else np.nan,
+            "target_padj": float(cols["padj"][j, g]) if g is not None else np.nan,
+        }
+
+
+def write_record(folder: str, record: dict) -> None:
+    with open(os.path.join(folder, "run.json"), "w") as fh:
+        json.dump(record, fh, indent=2, default=str)
+
+
+def write(out_dir: str, overwrite: bool, chunks, design, genes, info, opts, path,
+          t0: float) -> Written:
+    """Stream (labels, arrays) chunks into OUT_DIR/results.parquet, then the summary and the
+    run record; rename the folder into place."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = _schema()
+    genes_pa = pa.array(np.asarray(genes, dtype=object), type=pa.string())
+    genes_index = {}
+    for i, g in enumerate(genes):
+        genes_index.setdefault(g, i)
+    rows = []
+    with staged(out_dir, overwrite) as tmp:
+        t1 = time.perf_counter()
+        with pq.ParquetWriter(os.path.join(tmp, "results.parquet"), schema,
+                              compression="zstd", use_dictionary=False) as writer:
+            for labels, cols in chunks:
+                n, G = cols["lfc"].shape
+                arrays = [pa.array(np.asarray(labels, dtype=object), type=pa.string()).take(
+                              pa.array(np.repeat(np.arange(n), G))),
+                          genes_pa.take(pa.array(np.tile(np.arange(G), n)))]
+                arrays += [pa.array(np.ascontiguousarray(cols[key]).ravel())
+                           for _, key in COLUMNS]
+                writer.write_table(pa.Table.from_arrays(arrays, schema=schema),
+                                   row_group_size=max(n * G, 1))
+                rows.extend(_summary_rows(labels, cols, design, genes_index, opts.fdr))
+        summary = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+        summary.to_csv(os.path.join(tmp, "summary.csv"), index=False)
+        info["timings"]["write"] = time.perf_counter() - t1
+        info["timings"]["total"] = time.perf_counter() - t0
+        record = run_record(path, opts, info)
+        write_record(tmp, record)
+    return Written(out_dir, summary, record)

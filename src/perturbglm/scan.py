@@ -1,0 +1,89 @@
+"""The passes over the file.
+
+Pass 1 (always): reads the matrix once, sequentially, in cell chunks (CSR, dense) or gene
+slices (CSC); validates the values; sums each cell's counts (library size factors) and, for
+poscounts, each gene's log counts; files the non-zeros of analysed cells into the `Store`.
+When the store spills to disk, the pass checkpoints every CHECKPOINT_SECONDS, so --resume
+continues from the last checkpoint rather than from the first cell.
+
+Pass 2 (size factors "poscounts" only, CSR or dense files): each cell's median ratio to the
+gene geometric means, which needs the means of pass 1 first.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from . import size_factors as sf_mod
+from .errors import InputError
+from .reader import check_counts, iter_cell_chunks, iter_gene_slices
+
+CHECKPOINT_SECONDS = 20.0
+
+
+def _checkpoint(ws, store, position, totals, logsum, done=False):
+    store.sync()
+    ws.save_arrays("scan", position=np.array([position]), slab_nnz=store.nnz, totals=totals,
+                   logsum=logsum, done=np.array([done]))
+
+
+def first_pass(f, src, cell_group, store, chunk_nnz, chunk_cells, ws=None,
+               want_logsum=False, progress=None):
+    """Returns (per-cell totals, per-gene sum of log counts over analysed cells or None).
+    ws: the workspace to checkpoint into (spilled stores only)."""
+    keep = cell_group >= 0
+    totals = np.zeros(src.n_cells)
+    logsum = np.zeros(src.n_genes)
+    position = 0
+    if ws is not None and ws.has("scan"):
+        position = int(ws.load("scan", "position")[0])
+        totals = ws.load("scan", "totals")
+        logsum = ws.load("scan", "logsum")
+        store.truncate(ws.load("scan", "slab_nnz"))
+        if bool(ws.load("scan", "done")[0]):
+            return totals, (logsum if want_logsum else None)
+    last = time.perf_counter()
+    csc = src.layout == "csc"
+    total, unit = (src.n_genes, "genes") if csc else (src.n_cells, "cells")
+    if progress:
+        progress("reading", position, total, unit)
+    pieces = (iter_gene_slices(f, src, chunk_nnz, position) if csc
+              else iter_cell_chunks(f, src, chunk_cells, position))
+    for first, part in pieces:
+        if not store.add(part.indptr, part.indices, part.data, first, not csc, keep, totals,
+                         logsum if want_logsum else None):
+            check_counts(part.data, f"{unit} from {first}", src.key)
+            raise InputError(f"'{src.key}' holds values that are not counts ({unit} from "
+                             f"{first}); give raw counts")
+        position = first + part.shape[1 if csc else 0]
+        if progress:
+            progress("reading", position, total, unit)
+        if ws is not None and time.perf_counter() - last > CHECKPOINT_SECONDS:
+            _checkpoint(ws, store, position, totals, logsum)
+            last = time.perf_counter()
+    if ws is not None:
+        _checkpoint(ws, store, position, totals, logsum, done=True)
+    return totals, (logsum if want_logsum else None)
+
+
+def poscounts_pass(f, src, cell_group, logsum, chunk_cells, progress=None):
+    """DESeq2's poscounts size factors of the analysed cells (0 for the others)."""
+    if src.layout == "csc":
+        raise InputError(f"--size-factors poscounts needs cell-major storage, and '{src.key}' "
+                         "is CSC; use library or obs:COLUMN, or rewrite the file with a CSR "
+                         "matrix (adata.X = adata.X.tocsr())")
+    keep = cell_group >= 0
+    log_geo = sf_mod.log_geometric_means(logsum, int(keep.sum()))
+    sf = np.zeros(src.n_cells)
+    if progress:
+        progress("poscounts", 0, src.n_cells, "cells")
+    for start, chunk in iter_cell_chunks(f, src, chunk_cells):
+        stop = start + chunk.shape[0]
+        chunk.eliminate_zeros()
+        sf[start:stop] = sf_mod.median_ratios(chunk, log_geo)
+        if progress:
+            progress("poscounts", stop, src.n_cells, "cells")
+    sf[~keep] = 0.0
+    return sf_mod.normalise(sf)

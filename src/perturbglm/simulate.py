@@ -36,7 +36,7 @@ def _draw_row(mean_row, r, out):
         mu = mean_row[j]
         p = mu / (mu + r[j])
         prob = math.exp(-r[j] * math.log1p(mu / r[j]))
-        u = np.random.random()
+        u = np.random.random()  # noqa: NPY002 (numba: per-thread legacy stream)
         y = 0
         cdf = prob
         while u > cdf and prob > 0.0 and y < 10_000_000:
@@ -53,7 +53,7 @@ def _draw_row(mean_row, r, out):
 def _draw_chunk(seed, first_cell, depth, effect, r, mean, buf, nnz):
     """Fill buf[i] with the counts of cell first_cell + i; each cell has its own seed."""
     for i in prange(buf.shape[0]):
-        np.random.seed(seed * 1_000_003 + first_cell + i)
+        np.random.seed(seed * 1_000_003 + first_cell + i)  # noqa: NPY002 (numba)
         row = depth[i] * mean * effect[i]
         nnz[i] = _draw_row(row, r, buf[i])
 

@@ -16,7 +16,6 @@ import os
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.sparse as sp
 from numba import njit
 
 ATOM_BINS = 128        # size-factor bins per stratum of a large group

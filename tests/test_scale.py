@@ -1,0 +1,190 @@
+"""Issue 3: the streamed, bounded-memory pipeline gives one answer whatever the thread count,
+cell order, chunking, memory plan (in memory or spilled, one gene block or many) and
+interruptions. "Identical" is checked to 1e-10 relative (the issue's bar); in fact every
+per-gene computation runs the same operations in the same order in all these cases, so the
+tables agree bit for bit."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from perturbglm import memory, pipeline, scan, simulate, summaries
+from perturbglm.errors import InputError
+
+RTOL = 1e-10
+
+
+@pytest.fixture(scope="module")
+def screen(tmp_path_factory):
+    """A shuffled screen and a copy with its cells sorted by perturbation (stable)."""
+    folder = tmp_path_factory.mktemp("scale")
+    adata, _ = simulate.simulate(3_000, 300, 8, seed=11)
+    shuffled = str(folder / "shuffled.h5ad")
+    adata.write_h5ad(shuffled)
+    order = np.argsort(adata.obs["perturbation"].cat.codes.to_numpy(), kind="stable")
+    grouped = str(folder / "grouped.h5ad")
+    adata[order].copy().write_h5ad(grouped)
+    return shuffled, grouped
+
+
+def _run(path, out, resume=False, **kw):
+    opts = pipeline.Options(groupby="perturbation", control=simulate.CONTROL,
+                            covariates=kw.pop("covariates", []), **kw)
+    pipeline.run(path, opts, str(out), resume=resume)
+    return pd.read_parquet(os.path.join(out, "results.parquet"))
+
+
+def assert_same(a: pd.DataFrame, b: pd.DataFrame):
+    assert list(a["perturbation"]) == list(b["perturbation"])
+    assert list(a["gene"]) == list(b["gene"])
+    num = a.select_dtypes("number").columns
+    assert a[num].notna().to_numpy().sum() > 0.5 * a[num].size
+    pd.testing.assert_frame_equal(a[num], b[num], check_exact=False, rtol=RTOL, atol=0)
+
+
+@pytest.fixture
+def tight_memory(monkeypatch):
+    """Scale the memory model so that a tiny screen spills its counts and is fitted one
+    64-gene slab at a time, checkpointing after every chunk."""
+    monkeypatch.setattr(memory, "RECORD_BYTES", 10**9)
+    monkeypatch.setattr(memory, "BLOCK_BYTES", 10**6)
+    monkeypatch.setattr(scan, "CHECKPOINT_SECONDS", 0.0)
+
+
+@pytest.fixture(scope="module")
+def reference(screen, tmp_path_factory):
+    return _run(screen[0], tmp_path_factory.mktemp("ref") / "out", threads=2)
+
+
+def test_threads_give_identical_tables(screen, reference, tmp_path):
+    assert_same(_run(screen[0], tmp_path / "t1", threads=1), reference)
+
+
+def test_grouped_and_shuffled_copies_give_identical_tables(screen, reference, tmp_path):
+    assert_same(_run(screen[1], tmp_path / "g"), reference)
+
+
+def test_chunk_size_does_not_matter(screen, reference, tmp_path):
+    assert_same(_run(screen[0], tmp_path / "c", chunk_cells=97), reference)
+
+
+def test_spilled_and_blocked_run_gives_identical_table(screen, reference, tmp_path,
+                                                       tight_memory):
+    out = tmp_path / "spill"
+    table = _run(screen[0], out, chunk_cells=500)
+    info = pd.read_json(out / "run.json", typ="series")["memory"]
+    assert info["counts_in_memory"] is False
+    assert info["gene_blocks"] == 5            # 300 genes in 64-gene slabs
+    assert not os.path.exists(str(out) + ".partial")
+    assert_same(table, reference)
+
+
+def test_covariates_identical_across_plans(screen, tmp_path, monkeypatch):
+    ref = _run(screen[0], tmp_path / "a", covariates=["replicate"])
+    monkeypatch.setattr(memory, "RECORD_BYTES", 10**9)
+    monkeypatch.setattr(memory, "BLOCK_BYTES", 10**6)
+    assert_same(_run(screen[1], tmp_path / "b", covariates=["replicate"], threads=1), ref)
+
+
+class Interrupt(Exception):
+    pass
+
+
+def _interrupt_after(monkeypatch, obj, name, calls):
+    real = getattr(obj, name)
+    seen = {"n": 0}
+
+    def wrapper(*args, **kw):
+        seen["n"] += 1
+        if seen["n"] > calls:
+            raise KeyboardInterrupt
+        return real(*args, **kw)
+    monkeypatch.setattr(obj, name, wrapper)
+
+
+@pytest.mark.parametrize("where", ["reading", "stage_a", "stage_b"])
+def test_resume_after_interrupt_gives_identical_table(screen, reference, tmp_path,
+                                                      monkeypatch, tight_memory, where):
+    out = tmp_path / "r"
+    with monkeypatch.context() as m:
+        if where == "reading":
+            _interrupt_after(m, summaries.Store, "add", 3)
+        else:
+            _interrupt_after(m, pipeline, where, 2)
+        with pytest.raises(KeyboardInterrupt):
+            _run(screen[0], out, chunk_cells=500)
+    partial = str(out) + ".partial"
+    assert os.path.isdir(partial) and not os.path.exists(out)
+    if where == "reading":
+        assert int(np.load(os.path.join(partial, "scan", "position.npy"))[0]) == 1500
+    with pytest.raises(InputError, match="--resume"):
+        _run(screen[0], out, chunk_cells=500)
+    assert_same(_run(screen[0], out, resume=True, chunk_cells=500), reference)
+    assert not os.path.exists(partial)
+
+
+def test_resume_refuses_a_different_run(screen, tmp_path, monkeypatch):
+    out = tmp_path / "d"
+    with monkeypatch.context() as m:
+        _interrupt_after(m, pipeline, "stage_b", 0)
+        with pytest.raises(KeyboardInterrupt):
+            _run(screen[0], out)
+    with pytest.raises(InputError, match="different options"):
+        _run(screen[0], out, resume=True, fdr=0.05)
+
+
+KILL_SCRIPT = """
+import sys, time
+from perturbglm import cli, memory, pipeline
+memory.RECORD_BYTES, memory.BLOCK_BYTES = 10**9, 10**6   # spill; one slab per gene block
+real = pipeline.stage_b
+def slow(*args):
+    time.sleep(0.5)
+    return real(*args)
+pipeline.stage_b = slow
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def test_kill_9_then_resume(screen, reference, tmp_path):
+    """A real SIGKILL in the middle of stage B, then --resume from the command line."""
+    out = tmp_path / "k"
+    args = ["de", screen[0], "--groupby", "perturbation", "--control", simulate.CONTROL,
+            "--out", str(out), "--quiet", "--chunk-cells", "400"]
+    proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, *args])
+    first_b = os.path.join(str(out) + ".partial", "b00000")
+    deadline = time.time() + 120
+    while not os.path.exists(first_b) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not os.path.exists(out)
+    done = subprocess.run([sys.executable, "-m", "perturbglm", *args, "--resume"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert_same(pd.read_parquet(out / "results.parquet"), reference)
+
+
+def test_budget_too_small_is_refused(screen, tmp_path):
+    with pytest.raises(InputError, match="--max-memory .* too small"):
+        _run(screen[0], tmp_path / "small", max_memory="10M")
+    assert not os.path.exists(tmp_path / "small.partial")
+
+
+@pytest.mark.parametrize("text,expected", [("4G", 4 * 2**30), ("1500M", 1500 * 2**20),
+                                           ("0.5T", 2**39), ("2GiB", 2 * 2**30),
+                                           ("123", 123)])
+def test_memory_sizes(text, expected):
+    assert memory.parse(text) == expected
+
+
+def test_memory_size_refused():
+    with pytest.raises(InputError, match="--max-memory 'lots'"):
+        memory.parse("lots")

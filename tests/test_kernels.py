@@ -59,7 +59,8 @@ def _direct_profile(theta, b, c, y, sf, z, minmu):
 def test_profile_matches_direct_sum():
     """Exact atoms (groups under EXACT_UP_TO cells): agreement to rounding; derivatives
     checked by central differences (step 1e-4, error O(1e-8))."""
-    block, y, group, sf, z = _small_block()
+    block, y, group, sf, z = _small_block(n=50)
+    assert np.bincount(group).max() <= summaries.EXACT_UP_TO
     args = block.kernel_args()
     c = np.zeros(0)
     for g in range(y.shape[1]):
@@ -78,28 +79,54 @@ def test_profile_matches_direct_sum():
 
 
 def test_binned_atoms_are_accurate():
-    """A group above EXACT_UP_TO cells uses size-factor bins (width ~1/128 of the log range):
-    the profile is off by a second-order term, ~1e-5 relative, and the dispersion that
-    maximises it moves by less than 1e-3 relative."""
+    """A group above EXACT_UP_TO cells uses ATOM_BINS size-factor bins with second-order
+    expansions about each bin's mean (kernels.py): the neglected terms are third order in
+    the bin half-width (~0.035 here), so the profile agrees to ~1e-7 relative (tolerance
+    2e-7), its derivatives match central differences, and the optimal log dispersion moves
+    by < 1e-5."""
     from scipy.optimize import minimize_scalar
 
     block, y, group, sf, z = _small_block(n=4000, groups=1)
     assert block.atoms.atom_ptr[1] <= summaries.ATOM_BINS
     args = block.kernel_args()
     c = np.zeros(0)
-    b = math.log(y[:, 0].mean())
-    for theta in (-3.0, 0.0, 2.0):
-        h = _profile(theta, b, c, 0, 0, *args, 1e-6)[0]
-        assert h == pytest.approx(_direct_profile(theta, b, c, y[:, 0], sf, z, 1e-6), rel=2e-5)
-    binned = minimize_scalar(lambda t: -_profile(t, b, c, 0, 0, *args, 1e-6)[0],
-                             bounds=(-6, 4), method="bounded", options={"xatol": 1e-9}).x
-    exact = minimize_scalar(lambda t: -_direct_profile(t, b, c, y[:, 0], sf, z, 1e-6),
-                            bounds=(-6, 4), method="bounded", options={"xatol": 1e-9}).x
-    assert abs(binned - exact) < 1e-3
+    for g in range(y.shape[1]):
+        b = math.log(y[:, g].mean())
+        for theta in (-3.0, 0.0, 2.0):
+            h, h1, h2 = _profile(theta, b, c, g, 0, *args, 1e-6)
+            assert h == pytest.approx(_direct_profile(theta, b, c, y[:, g], sf, z, 1e-6),
+                                      rel=2e-7)
+            eps = 1e-4
+            hp = _profile(theta + eps, b, c, g, 0, *args, 1e-6)[0]
+            hm = _profile(theta - eps, b, c, g, 0, *args, 1e-6)[0]
+            assert h1 == pytest.approx((hp - hm) / (2 * eps), rel=1e-6, abs=1e-6)
+            assert h2 == pytest.approx((hp - 2 * h + hm) / eps**2, rel=1e-4, abs=1e-4)
+        binned = minimize_scalar(lambda t, b=b, g=g: -_profile(t, b, c, g, 0, *args, 1e-6)[0],
+                                 bounds=(-6, 4), method="bounded", options={"xatol": 1e-10}).x
+        exact = minimize_scalar(lambda t, b=b, g=g: -_direct_profile(t, b, c, y[:, g], sf, z,
+                                                                     1e-6),
+                                bounds=(-6, 4), method="bounded", options={"xatol": 1e-10}).x
+        assert abs(binned - exact) < 1e-5
+
+
+def test_binned_group_mle_is_accurate():
+    """The intercept MLE and Fisher information of a binned group (same expansions, same
+    ~1e-7 relative tolerance as the profile)."""
+    block, y, group, sf, z = _small_block(n=4000, groups=1, q=0)
+    args = block.kernel_args()
+    for theta in (-2.0, 0.0, 1.0):
+        b, fisher, _, _ = kernels.group_mle(theta, np.zeros(0), 0, 0, *args, 1e-6)
+        a = math.exp(theta)
+        mu = np.exp(b + np.log(sf))
+        score = np.sum((y[:, 0] - mu) / (1 + a * mu))
+        assert abs(score) < 1e-6 * np.sum(mu / (1 + a * mu))
+        assert fisher == pytest.approx(np.sum(mu / (1 + a * mu)), rel=2e-7)
 
 
 def test_group_mle_solves_the_score_equation():
-    block, y, group, sf, z = _small_block(q=1)
+    """Exact atoms (strata of at most EXACT_UP_TO cells): the score vanishes to rounding."""
+    block, y, group, sf, z = _small_block(n=100, q=1)
+    assert block.atoms.atom_w.max() == 1
     args = block.kernel_args()
     c = np.array([0.3])
     for theta in (-2.0, 0.0, 1.0):

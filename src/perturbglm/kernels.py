@@ -5,15 +5,22 @@ with covariate coefficients c_g carried as an offset. Sums over a group's cells 
 DESIGN.md section 3 describes, so that the work follows non-zeros:
 
 - over *all* cells of the group through its "atoms": size-factor bins (log s, weight,
-  covariate row) shared by every gene;
-- corrected over the gene's non-zero cells, which are visited one by one.
+  spread, covariate row) shared by every gene;
+- corrected over the gene's non-zero cells, whose counts are summed per atom.
+
+Within an atom, a sum over its cells of a smooth function of log mu is taken as its
+second-order expansion about the atom's mean log size factor (first-order terms cancel for
+the atom's own cells; the counts carry their first and second moments). With at most
+summaries.ATOM_BINS bins the neglected terms are O(width^3) ~ 1e-7 relative.
 
 A zero count contributes -(1/a) log(1 + a mu) to the log-likelihood, a function of the cell's
 offset only, so  sum over zero cells = sum over atoms - sum over the non-zero cells.
 
-Data layout (see `summaries.GeneBlock`): atoms of group k are atom_ptr[k]:atom_ptr[k+1];
-non-zero entries of gene g in group k are nz_ptr[g*G+k]:nz_ptr[g*G+k+1], with counts nz_y and
-cell indices nz_cell into cell_logs / cell_z.
+Data layout (see `summaries.GeneBlock`): atoms of group k are atom_ptr[k]:atom_ptr[k+1], each
+with the mean log size factor of its cells, their number and the sum of their squared
+deviations from that mean (atom_w2, 0 for single cells); cell_atom maps a cell to its atom.
+Non-zero entries of gene g in group k are nz_ptr[g*G+k]:nz_ptr[g*G+k+1], with counts nz_y and
+cell indices nz_cell into cell_logs / cell_z / cell_atom.
 
 Dispersion is optimised in theta = log(a). All derivatives are analytic in theta.
 """
@@ -35,50 +42,95 @@ def _offset(logs, z, c):
 
 
 @njit(cache=True)
-def fixed_mu(ks, bk, c, g, G, atom_ptr, atom_logs, atom_w, atom_z, cell_logs, cell_z, nz_ptr,
-             nz_y, nz_cell, minmu):
-    """Everything the Cox-Reid profile of gene g in groups ks needs once mu is held fixed
-    (intercepts bk): mu and weight of every atom, mu and count of every non-zero cell, and
-    the count tail table tail[i, j] = #cells of group ks[i] with j < y <= SMALL_COUNT, which
-    turns the log-gamma terms into one log per distinct count level instead of per cell."""
-    n = ks.shape[0]
-    a_ptr = np.zeros(n + 1, dtype=np.int64)
-    e_ptr = np.zeros(n + 1, dtype=np.int64)
-    for i in range(n):
-        k = ks[i]
-        a_ptr[i + 1] = a_ptr[i] + atom_ptr[k + 1] - atom_ptr[k]
-        e_ptr[i + 1] = e_ptr[i] + nz_ptr[g * G + k + 1] - nz_ptr[g * G + k]
-    a_mu = np.empty(a_ptr[n])
-    a_w = np.empty(a_ptr[n])
-    e_mu = np.empty(e_ptr[n])
-    e_y = np.empty(e_ptr[n])
-    tail = np.zeros((n, SMALL_COUNT))
-    for i in range(n):
-        k = ks[i]
-        for j in range(atom_ptr[k], atom_ptr[k + 1]):
-            t = a_ptr[i] + j - atom_ptr[k]
-            a_mu[t] = max(math.exp(bk[i] + _offset(atom_logs[j], atom_z[j], c)), minmu)
-            a_w[t] = atom_w[j]
-        for e in range(nz_ptr[g * G + k], nz_ptr[g * G + k + 1]):
-            t = e_ptr[i] + e - nz_ptr[g * G + k]
-            cell = nz_cell[e]
-            e_mu[t] = max(math.exp(bk[i] + _offset(cell_logs[cell], cell_z[cell], c)), minmu)
-            e_y[t] = nz_y[e]
-            if nz_y[e] <= SMALL_COUNT:
-                for j in range(int(nz_y[e])):
-                    tail[i, j] += 1.0
-    return a_ptr, a_mu, a_w, e_ptr, e_mu, e_y, tail
+def _sigmoid_terms(am):
+    """For a summand in lambda = log(a mu): u = log(1 + e^lambda), q = u', p = q' = q(1-q),
+    k = p', kk = p''."""
+    u = math.log1p(am)
+    q = am / (1.0 + am)
+    p = q * (1.0 - q)
+    k = p * (1.0 - 2.0 * q)
+    return u, q, p, k, k * (1.0 - 2.0 * q) - 2.0 * p * p
 
 
 @njit(cache=True)
-def profile(theta, a_ptr, a_mu, a_w, e_ptr, e_mu, e_y, tail):
+def fixed_mu(ks, bk, c, g, G, atom_ptr, atom_logs, atom_w, atom_w2, atom_z, cell_logs, cell_z,
+             cell_atom, nz_ptr, nz_y, nz_cell, minmu):
+    """Everything the Cox-Reid profile of gene g in groups ks needs once mu is held fixed
+    (intercepts bk):
+    - every atom's mu (at its mean log size factor), weight and spread w2 (the sum of its
+      cells' squared log size-factor deviations);
+    - the gene's counts summed per atom, with their first and second moments in those
+      deviations (Y0, Y1, Y2), so that sums over non-zero cells are second-order expansions
+      about the atom (exact for single-cell atoms);
+    - the count tail table tail[i, j] = #cells of group ks[i] with j < y <= SMALL_COUNT,
+      which turns the log-gamma terms into one log per count level, and the larger counts.
+    A mu floored at minmu does not move with the size factor: its expansion terms are 0."""
+    n = ks.shape[0]
+    a_ptr = np.zeros(n + 1, dtype=np.int64)
+    n_nz = 0
+    for i in range(n):
+        k = ks[i]
+        a_ptr[i + 1] = a_ptr[i] + atom_ptr[k + 1] - atom_ptr[k]
+        n_nz += nz_ptr[g * G + k + 1] - nz_ptr[g * G + k]
+    a_mu = np.empty(a_ptr[n])
+    a_w = np.empty(a_ptr[n])
+    a_w2 = np.empty(a_ptr[n])
+    e_ptr = np.zeros(n + 1, dtype=np.int64)
+    e_mu = np.empty(min(n_nz, a_ptr[n]))
+    e_y = np.empty((min(n_nz, a_ptr[n]), 3))
+    big_ptr = np.zeros(n + 1, dtype=np.int64)
+    big_y = np.empty(n_nz)
+    tail = np.zeros((n, SMALL_COUNT))
+    for i in range(n):
+        k = ks[i]
+        first = atom_ptr[k]
+        n_a = atom_ptr[k + 1] - first
+        floored = np.zeros(n_a, dtype=np.bool_)
+        for j in range(first, atom_ptr[k + 1]):
+            t = a_ptr[i] + j - first
+            raw = math.exp(bk[i] + _offset(atom_logs[j], atom_z[j], c))
+            floored[j - first] = raw < minmu
+            a_mu[t] = max(raw, minmu)
+            a_w[t] = atom_w[j]
+            a_w2[t] = 0.0 if floored[j - first] else atom_w2[j]
+        moments = np.zeros((n_a, 3))
+        big_ptr[i + 1] = big_ptr[i]
+        for e in range(nz_ptr[g * G + k], nz_ptr[g * G + k + 1]):
+            cell = nz_cell[e]
+            j = cell_atom[cell] - first
+            d = cell_logs[cell] - atom_logs[first + j]
+            y = float(nz_y[e])
+            moments[j, 0] += y
+            moments[j, 1] += y * d
+            moments[j, 2] += y * d * d
+            if y <= SMALL_COUNT:
+                for m in range(int(y)):
+                    tail[i, m] += 1.0
+            else:
+                big_y[big_ptr[i + 1]] = y
+                big_ptr[i + 1] += 1
+        t = e_ptr[i]
+        for j in range(n_a):
+            if moments[j, 0] > 0.0:
+                e_mu[t] = a_mu[a_ptr[i] + j]
+                e_y[t, 0] = moments[j, 0]
+                e_y[t, 1] = 0.0 if floored[j] else moments[j, 1]
+                e_y[t, 2] = 0.0 if floored[j] else moments[j, 2]
+                t += 1
+        e_ptr[i + 1] = t
+    return a_ptr, a_mu, a_w, a_w2, e_ptr, e_mu, e_y, big_ptr, big_y, tail
+
+
+@njit(cache=True)
+def profile(theta, a_ptr, a_mu, a_w, a_w2, e_ptr, e_mu, e_y, big_ptr, big_y, tail):
     """DESeq2's Cox-Reid adjusted log-likelihood with mu held fixed, summed over the groups
     of a `fixed_mu` state: per group sum_i ll(y_i; mu_i, a) - 0.5 log(sum_i mu_i/(1 + a mu_i)),
     and its first two derivatives in theta. Terms free of a are dropped, as DESeq2 does.
 
     A count y adds lgamma(y + r) - lgamma(r) + y theta - (y + r) log(1 + a mu) (r = 1/a);
     as the atoms already counted the cell as a zero, -r log(1 + a mu), the non-zero cell adds
-    the difference lgamma(y + r) - lgamma(r) + y theta - y log(1 + a mu)."""
+    the difference lgamma(y + r) - lgamma(r) + y theta - y log(1 + a mu). Sums over an atom's
+    cells are expanded to second order in their log size-factor deviations."""
     a = math.exp(theta)
     r = 1.0 / a
     F = 0.0
@@ -92,33 +144,35 @@ def profile(theta, a_ptr, a_mu, a_w, e_ptr, e_mu, e_y, tail):
         V1 = 0.0
         V2 = 0.0
         for t in range(a_ptr[i], a_ptr[i + 1]):
-            mu = a_mu[t]
             w = a_w[t]
-            u = math.log1p(a * mu)
-            q = a * mu / (1.0 + a * mu)
-            v = mu / (1.0 + a * mu)
-            f -= w * r * u
-            f1 += w * (r * u - r * q)
-            f2 += w * (-r * u + r * q + r * q * q)
-            V += w * v
-            V1 -= w * v * q
-            V2 += w * v * q * (2.0 * q - 1.0)
+            h = 0.5 * a_w2[t]
+            u, q, p, k, _ = _sigmoid_terms(a * a_mu[t])
+            U = w * u + h * p
+            Q1 = w * q + h * k
+            Q2 = w * q * q + h * (2.0 * p * p + 2.0 * q * k)
+            Q3 = w * q * q * q + h * (6.0 * q * p * p + 3.0 * q * q * k)
+            f -= r * U
+            f1 += r * (U - Q1)
+            f2 += r * (Q1 + Q2 - U)
+            V += r * Q1
+            V1 -= r * Q2
+            V2 += r * (2.0 * Q3 - Q2)
+        for t in range(e_ptr[i], e_ptr[i + 1]):
+            y0 = e_y[t, 0]
+            y1 = e_y[t, 1]
+            y2 = 0.5 * e_y[t, 2]
+            u, q, p, k, kk = _sigmoid_terms(a * e_mu[t])
+            f += y0 * theta - (y0 * u + y1 * q + y2 * p)
+            f1 += y0 - (y0 * q + y1 * p + y2 * k)
+            f2 -= y0 * p + y1 * k + y2 * kk
         lg = 0.0
         d1 = 0.0
         d2 = 0.0
-        for t in range(e_ptr[i], e_ptr[i + 1]):
-            y = e_y[t]
-            mu = e_mu[t]
-            u = math.log1p(a * mu)
-            q = a * mu / (1.0 + a * mu)
-            f += y * (theta - u)
-            f1 += y * (1.0 - q)
-            f2 -= y * q * (1.0 - q)
-            if y > SMALL_COUNT:
-                l0, l1, l2 = lgamma_ratio(y, r)
-                lg += l0
-                d1 += l1
-                d2 += l2
+        for t in range(big_ptr[i], big_ptr[i + 1]):
+            l0, l1, l2 = lgamma_ratio(big_y[t], r)
+            lg += l0
+            d1 += l1
+            d2 += l2
         for j in range(SMALL_COUNT):
             n_j = tail[i, j]
             if n_j == 0.0:
@@ -141,11 +195,13 @@ def profile(theta, a_ptr, a_mu, a_w, e_ptr, e_mu, e_y, tail):
 
 
 @njit(cache=True)
-def _score_terms(b, a, a_ptr, a_base, a_w, e_ptr, e_base, e_y, minmu):
+def _score_terms(b, a, a_ptr, a_base, a_w, a_w2, e_ptr, e_base, e_y, minmu):
     """Score, observed information, Fisher information and their theta derivatives for the
     intercept b of the single group of a `fixed_mu` state built at b = 0 with no floor
-    (so mu = exp(b) * base), at dispersion a; mu floored at minmu no longer moves with b."""
+    (so mu = exp(b) * base), at dispersion a; mu floored at minmu no longer moves with b
+    (nor with the size factor: no expansion terms)."""
     eb = math.exp(b)
+    r = 1.0 / a
     score = 0.0
     hess = 0.0
     fisher = 0.0
@@ -154,32 +210,38 @@ def _score_terms(b, a, a_ptr, a_base, a_w, e_ptr, e_base, e_y, minmu):
     f_b = 0.0
     for t in range(a_ptr[0], a_ptr[1]):
         raw = eb * a_base[t]
-        mu = max(raw, minmu)
+        free = raw >= minmu
         w = a_w[t]
-        den = 1.0 + a * mu
-        v = mu / den
-        q = a * mu / den
-        score -= w * v
-        fisher += w * v
-        s_theta += w * v * q
-        f_theta -= w * v * q
-        if raw >= minmu:
-            hess += w * v / den
-            f_b += w * v / den
+        h = 0.5 * a_w2[t] if free else 0.0
+        _, q, p, k, kk = _sigmoid_terms(a * max(raw, minmu))
+        Q1 = r * (w * q + h * k)
+        Q2 = r * (w * q * q + h * (2.0 * p * p + 2.0 * q * k))
+        score -= Q1
+        fisher += Q1
+        s_theta += Q2
+        f_theta -= Q2
+        if free:
+            P = r * (w * p + h * kk)
+            hess += P
+            f_b += P
     for t in range(e_ptr[0], e_ptr[1]):
-        y = e_y[t]
         raw = eb * e_base[t]
-        mu = max(raw, minmu)
-        den = 1.0 + a * mu
-        score += y / den
-        s_theta -= y * a * mu / (den * den)
-        if raw >= minmu:
-            hess += y * a * mu / (den * den)
+        free = raw >= minmu
+        y0 = e_y[t, 0]
+        y1 = e_y[t, 1] if free else 0.0
+        y2 = 0.5 * e_y[t, 2] if free else 0.0
+        _, q, p, k, kk = _sigmoid_terms(a * max(raw, minmu))
+        Sp = y0 * p + y1 * k + y2 * kk
+        score += y0 - (y0 * q + y1 * p + y2 * k)
+        s_theta -= Sp
+        if free:
+            hess += Sp
     return score, hess, fisher, s_theta, f_theta, f_b
 
 
 @njit(cache=True)
-def mle(theta, a_ptr, a_base, a_w, e_ptr, e_base, e_y, tail, minmu, b_start):
+def mle(theta, a_ptr, a_base, a_w, a_w2, e_ptr, e_base, e_y, big_ptr, big_y, tail, minmu,
+        b_start):
     """Maximum-likelihood intercept b of the single group of a `fixed_mu` state built at
     b = 0 with no floor, at fixed dispersion exp(theta), by Newton's method on the concave
     log-likelihood, started from b_start or (NaN) the Poisson estimate.
@@ -188,7 +250,7 @@ def mle(theta, a_ptr, a_base, a_w, e_ptr, e_base, e_y, tail, minmu, b_start):
     counts, whose MLE lies at the boundary."""
     ysum = 0.0
     for t in range(e_ptr[0], e_ptr[1]):
-        ysum += e_y[t]
+        ysum += e_y[t, 0]
     if ysum <= 0.0:
         return -np.inf, 0.0, 0.0, 0.0
     if np.isfinite(b_start):
@@ -196,38 +258,39 @@ def mle(theta, a_ptr, a_base, a_w, e_ptr, e_base, e_y, tail, minmu, b_start):
     else:
         expo = 0.0
         for t in range(a_ptr[0], a_ptr[1]):
-            expo += a_w[t] * a_base[t]
+            expo += (a_w[t] + 0.5 * a_w2[t]) * a_base[t]
         b = math.log(ysum / expo)
     a = math.exp(theta)
     for _ in range(100):
-        score, hess, _, _, _, _ = _score_terms(b, a, a_ptr, a_base, a_w, e_ptr, e_base, e_y,
-                                               minmu)
+        score, hess, _, _, _, _ = _score_terms(b, a, a_ptr, a_base, a_w, a_w2, e_ptr, e_base,
+                                               e_y, minmu)
         if hess <= 0.0:
             break
         step = min(max(score / hess, -5.0), 5.0)
         b += step
         if abs(step) < 1e-12 * max(1.0, abs(b)):
             break
-    score, hess, fisher, s_theta, f_theta, f_b = _score_terms(b, a, a_ptr, a_base, a_w, e_ptr,
-                                                              e_base, e_y, minmu)
+    score, hess, fisher, s_theta, f_theta, f_b = _score_terms(b, a, a_ptr, a_base, a_w, a_w2,
+                                                              e_ptr, e_base, e_y, minmu)
     db = s_theta / hess if hess > 0.0 else 0.0
     return b, fisher, db, f_theta + f_b * db
 
 
 @njit(cache=True)
-def base_state(c, g, k, G, atom_ptr, atom_logs, atom_w, atom_z, cell_logs, cell_z, nz_ptr,
-               nz_y, nz_cell):
+def base_state(c, g, k, G, atom_ptr, atom_logs, atom_w, atom_w2, atom_z, cell_logs, cell_z,
+               cell_atom, nz_ptr, nz_y, nz_cell):
     """The `fixed_mu` state of group k at b = 0 without a floor, which `mle` scales by e^b."""
     return fixed_mu(np.full(1, k, dtype=np.int64), np.zeros(1), c, g, G, atom_ptr, atom_logs,
-                    atom_w, atom_z, cell_logs, cell_z, nz_ptr, nz_y, nz_cell, 0.0)
+                    atom_w, atom_w2, atom_z, cell_logs, cell_z, cell_atom, nz_ptr, nz_y,
+                    nz_cell, 0.0)
 
 
 @njit(cache=True)
-def group_mle(theta, c, g, k, G, atom_ptr, atom_logs, atom_w, atom_z,
-              cell_logs, cell_z, nz_ptr, nz_y, nz_cell, minmu, b_start=np.nan):
+def group_mle(theta, c, g, k, G, atom_ptr, atom_logs, atom_w, atom_w2, atom_z, cell_logs,
+              cell_z, cell_atom, nz_ptr, nz_y, nz_cell, minmu, b_start=np.nan):
     """`mle` of group k of gene g with covariate offsets c."""
-    state = base_state(c, g, k, G, atom_ptr, atom_logs, atom_w, atom_z, cell_logs, cell_z,
-                       nz_ptr, nz_y, nz_cell)
+    state = base_state(c, g, k, G, atom_ptr, atom_logs, atom_w, atom_w2, atom_z, cell_logs,
+                       cell_z, cell_atom, nz_ptr, nz_y, nz_cell)
     return mle(theta, *state, minmu, b_start)
 
 
@@ -235,8 +298,8 @@ BETA_BOUND = 30.0  # DESeq2's bound on coefficients (natural log scale)
 
 
 @njit(cache=True)
-def covariate_fit(theta, use, g, G, atom_ptr, atom_logs, atom_w, atom_z, cell_logs, cell_z,
-                  nz_ptr, nz_y, nz_cell, minmu):
+def covariate_fit(theta, use, g, G, atom_ptr, atom_logs, atom_w, atom_w2, atom_z, cell_logs,
+                  cell_z, cell_atom, nz_ptr, nz_y, nz_cell, minmu):
     """Joint MLE, at fixed dispersion, of one intercept per group in `use` (a boolean mask)
     and covariate coefficients c shared by those groups' cells, by Fisher scoring. The
     intercept block of the information is diagonal, so each step solves a q x q Schur
@@ -250,8 +313,9 @@ def covariate_fit(theta, use, g, G, atom_ptr, atom_logs, atom_w, atom_z, cell_lo
     active = use.copy()
     for k in range(G):
         if active[k]:
-            b[k] = group_mle(theta, c, g, k, G, atom_ptr, atom_logs, atom_w, atom_z, cell_logs,
-                             cell_z, nz_ptr, nz_y, nz_cell, minmu, np.nan)[0]
+            b[k] = group_mle(theta, c, g, k, G, atom_ptr, atom_logs, atom_w, atom_w2, atom_z,
+                             cell_logs, cell_z, cell_atom, nz_ptr, nz_y, nz_cell, minmu,
+                             np.nan)[0]
             active[k] = np.isfinite(b[k])
     a = math.exp(theta)
     D = np.zeros(G)
@@ -270,8 +334,10 @@ def covariate_fit(theta, use, g, G, atom_ptr, atom_logs, atom_w, atom_z, cell_lo
             sb[k] = 0.0
             for j in range(atom_ptr[k], atom_ptr[k + 1]):
                 z = atom_z[j]
-                mu = max(math.exp(b[k] + _offset(atom_logs[j], z, c)), minmu)
-                v = atom_w[j] * mu / (1.0 + a * mu)
+                raw = math.exp(b[k] + _offset(atom_logs[j], z, c))
+                h = 0.5 * atom_w2[j] if raw >= minmu else 0.0
+                _, qa, _, ka, _ = _sigmoid_terms(a * max(raw, minmu))
+                v = (atom_w[j] * qa + h * ka) / a
                 D[k] += v
                 B[k] += v * z
                 C += v * np.outer(z, z)

@@ -29,12 +29,28 @@ from .kernels import (
 )
 
 PROFILE_STEP = 0.5  # theta spacing of the quintic Hermite table of the control profile
-WALD_STEP = 1.0     # theta spacing of the cubic Hermite table of the control MLE
+WALD_STEP = 1.0  # theta spacing of the cubic Hermite table of the control MLE
 
 
 @njit(cache=True, parallel=True)
-def initial_fit(theta0, control, group_n, G, atom_ptr, atom_logs, atom_w, atom_z,
-                cell_logs, cell_z, nz_ptr, nz_y, nz_cell, minmu):
+def initial_fit(
+    theta0,
+    control,
+    group_n,
+    G,
+    atom_ptr,
+    atom_logs,
+    atom_w,
+    atom_w2,
+    atom_z,
+    cell_logs,
+    cell_z,
+    cell_atom,
+    nz_ptr,
+    nz_y,
+    nz_cell,
+    minmu,
+):
     """Returns b (genes x groups), covariate coefficients c (genes x q) and which genes
     needed all cells to identify c."""
     n_genes = (nz_ptr.shape[0] - 1) // G
@@ -47,16 +63,66 @@ def initial_fit(theta0, control, group_n, G, atom_ptr, atom_logs, atom_w, atom_z
     every_group = np.ones(G, dtype=np.bool_)
     for g in prange(n_genes):
         if q > 0:
-            c, bounded = covariate_fit(theta0, only_control, g, G, atom_ptr, atom_logs, atom_w,
-                                       atom_z, cell_logs, cell_z, nz_ptr, nz_y, nz_cell, minmu)
+            c, bounded = covariate_fit(
+                theta0,
+                only_control,
+                g,
+                G,
+                atom_ptr,
+                atom_logs,
+                atom_w,
+                atom_w2,
+                atom_z,
+                cell_logs,
+                cell_z,
+                cell_atom,
+                nz_ptr,
+                nz_y,
+                nz_cell,
+                minmu,
+            )
             if bounded:
-                c, _ = covariate_fit(theta0, every_group, g, G, atom_ptr, atom_logs, atom_w,
-                                     atom_z, cell_logs, cell_z, nz_ptr, nz_y, nz_cell, minmu)
+                c, _ = covariate_fit(
+                    theta0,
+                    every_group,
+                    g,
+                    G,
+                    atom_ptr,
+                    atom_logs,
+                    atom_w,
+                    atom_w2,
+                    atom_z,
+                    cell_logs,
+                    cell_z,
+                    cell_atom,
+                    nz_ptr,
+                    nz_y,
+                    nz_cell,
+                    minmu,
+                )
                 refit[g] = True
             coef[g] = c
             for k in range(G):
-                b[g, k] = group_mle(theta0, c, g, k, G, atom_ptr, atom_logs, atom_w, atom_z,
-                                    cell_logs, cell_z, nz_ptr, nz_y, nz_cell, minmu, np.nan)[0]
+                b[g, k] = group_mle(
+                    theta0,
+                    c,
+                    g,
+                    k,
+                    G,
+                    atom_ptr,
+                    atom_logs,
+                    atom_w,
+                    atom_w2,
+                    atom_z,
+                    cell_logs,
+                    cell_z,
+                    cell_atom,
+                    nz_ptr,
+                    nz_y,
+                    nz_cell,
+                    minmu,
+                    np.nan,
+                )[0]
         else:
             for k in range(G):
                 norm = 0.0
@@ -67,8 +133,27 @@ def initial_fit(theta0, control, group_n, G, atom_ptr, atom_logs, atom_w, atom_z
 
 
 @njit(cache=True, parallel=True)
-def control_tables(theta_lo, n_prof, n_wald, control, b, coef, G, atom_ptr, atom_logs,
-                   atom_w, atom_z, cell_logs, cell_z, nz_ptr, nz_y, nz_cell, minmu):
+def control_tables(
+    theta_lo,
+    n_prof,
+    n_wald,
+    control,
+    b,
+    coef,
+    G,
+    atom_ptr,
+    atom_logs,
+    atom_w,
+    atom_w2,
+    atom_z,
+    cell_logs,
+    cell_z,
+    cell_atom,
+    nz_ptr,
+    nz_y,
+    nz_cell,
+    minmu,
+):
     """Control profile (value, d1, d2) on theta_lo + j*PROFILE_STEP and control MLE
     (b, db, fisher, dfisher) on theta_lo + j*WALD_STEP, for every gene."""
     n_genes = b.shape[0]
@@ -76,16 +161,47 @@ def control_tables(theta_lo, n_prof, n_wald, control, b, coef, G, atom_ptr, atom
     wald = np.zeros((n_genes, 4, n_wald))
     for g in prange(n_genes):
         c = coef[g]
-        state = fixed_mu(np.full(1, control, dtype=np.int64), np.full(1, b[g, control]), c, g,
-                         G, atom_ptr, atom_logs, atom_w, atom_z, cell_logs, cell_z, nz_ptr,
-                         nz_y, nz_cell, minmu)
+        state = fixed_mu(
+            np.full(1, control, dtype=np.int64),
+            np.full(1, b[g, control]),
+            c,
+            g,
+            G,
+            atom_ptr,
+            atom_logs,
+            atom_w,
+            atom_w2,
+            atom_z,
+            cell_logs,
+            cell_z,
+            cell_atom,
+            nz_ptr,
+            nz_y,
+            nz_cell,
+            minmu,
+        )
         for j in range(n_prof):
             h, h1, h2 = profile(theta_lo + j * PROFILE_STEP, *state)
             prof[g, 0, j] = h
             prof[g, 1, j] = h1
             prof[g, 2, j] = h2
-        base = base_state(c, g, control, G, atom_ptr, atom_logs, atom_w, atom_z, cell_logs,
-                          cell_z, nz_ptr, nz_y, nz_cell)
+        base = base_state(
+            c,
+            g,
+            control,
+            G,
+            atom_ptr,
+            atom_logs,
+            atom_w,
+            atom_w2,
+            atom_z,
+            cell_logs,
+            cell_z,
+            cell_atom,
+            nz_ptr,
+            nz_y,
+            nz_cell,
+        )
         bj = np.nan
         for j in range(n_wald):
             bj, fj, dbj, dfj = mle(theta_lo + j * WALD_STEP, *base, minmu, bj)
@@ -102,8 +218,7 @@ def _objective(theta, state, table, theta_lo, prior_mean, prior_var):
     non-empty, plus the log-normal prior on the dispersion when prior_var > 0."""
     F, F1, F2 = profile(theta, *state)
     if table.shape[1] > 0:
-        T, T1, T2 = quintic_hermite(theta, theta_lo, PROFILE_STEP, table[0], table[1],
-                                    table[2])
+        T, T1, T2 = quintic_hermite(theta, theta_lo, PROFILE_STEP, table[0], table[1], table[2])
         F += T
         F1 += T1
         F2 += T2
@@ -141,9 +256,31 @@ def _maximise(theta0, lo, hi, state, table, theta_lo, prior_mean, prior_var):
 
 
 @njit(cache=True, parallel=True)
-def dispersions(comps, start, prior_mean, prior_var, lo, hi, b, coef, prof, theta_lo, G,
-                atom_ptr, atom_logs, atom_w, atom_z, cell_logs, cell_z, nz_ptr, nz_y, nz_cell,
-                minmu):
+def dispersions(
+    comps,
+    start,
+    prior_mean,
+    prior_var,
+    lo,
+    hi,
+    b,
+    coef,
+    prof,
+    theta_lo,
+    G,
+    atom_ptr,
+    atom_logs,
+    atom_w,
+    atom_w2,
+    atom_z,
+    cell_logs,
+    cell_z,
+    cell_atom,
+    nz_ptr,
+    nz_y,
+    nz_cell,
+    minmu,
+):
     """Optimal theta of each gene in each comparison `comps[j]` (a group index tested against
     the control, its control part read from the table; -1 means every group together).
     Gene-wise estimates take prior_var[j] = 0; MAP estimates a normal prior
@@ -159,16 +296,60 @@ def dispersions(comps, start, prior_mean, prior_var, lo, hi, b, coef, prof, thet
                 continue
             joint = comps[j] < 0
             ks = everyone if joint else np.full(1, comps[j], dtype=np.int64)
-            state = fixed_mu(ks, b[g][ks], coef[g], g, G, atom_ptr, atom_logs, atom_w, atom_z,
-                             cell_logs, cell_z, nz_ptr, nz_y, nz_cell, minmu)
-            out[g, j] = _maximise(start[g, j], lo, hi[j], state, no_table if joint else prof[g],
-                                  theta_lo, prior_mean[g, j], prior_var[j])
+            state = fixed_mu(
+                ks,
+                b[g][ks],
+                coef[g],
+                g,
+                G,
+                atom_ptr,
+                atom_logs,
+                atom_w,
+                atom_w2,
+                atom_z,
+                cell_logs,
+                cell_z,
+                cell_atom,
+                nz_ptr,
+                nz_y,
+                nz_cell,
+                minmu,
+            )
+            out[g, j] = _maximise(
+                start[g, j],
+                lo,
+                hi[j],
+                state,
+                no_table if joint else prof[g],
+                theta_lo,
+                prior_mean[g, j],
+                prior_var[j],
+            )
     return out
 
 
 @njit(cache=True, parallel=True)
-def wald(comps, control, theta, coef, wald_table, theta_lo, G, atom_ptr, atom_logs, atom_w,
-         atom_z, cell_logs, cell_z, nz_ptr, nz_y, nz_cell, minmu):
+def wald(
+    comps,
+    control,
+    theta,
+    coef,
+    wald_table,
+    theta_lo,
+    G,
+    atom_ptr,
+    atom_logs,
+    atom_w,
+    atom_w2,
+    atom_z,
+    cell_logs,
+    cell_z,
+    cell_atom,
+    nz_ptr,
+    nz_y,
+    nz_cell,
+    minmu,
+):
     """Natural-log fold change of group comps[j] over the control at dispersion
     exp(theta[g, j]) and its Fisher standard error sqrt(1/I_control + 1/I_group).
     NaN where either group has no counts (the MLE lies at the boundary)."""
@@ -185,8 +366,25 @@ def wald(comps, control, theta, coef, wald_table, theta_lo, G, atom_ptr, atom_lo
                 continue
             b0 = cubic_hermite(th, theta_lo, WALD_STEP, tab[0], tab[1])
             i0 = cubic_hermite(th, theta_lo, WALD_STEP, tab[2], tab[3])
-            bk, ik, _, _ = group_mle(th, coef[g], g, comps[j], G, atom_ptr, atom_logs, atom_w,
-                                     atom_z, cell_logs, cell_z, nz_ptr, nz_y, nz_cell, minmu)
+            bk, ik, _, _ = group_mle(
+                th,
+                coef[g],
+                g,
+                comps[j],
+                G,
+                atom_ptr,
+                atom_logs,
+                atom_w,
+                atom_w2,
+                atom_z,
+                cell_logs,
+                cell_z,
+                cell_atom,
+                nz_ptr,
+                nz_y,
+                nz_cell,
+                minmu,
+            )
             if not np.isfinite(bk) or i0 <= 0.0 or ik <= 0.0:
                 continue
             lfc[g, j] = bk - b0

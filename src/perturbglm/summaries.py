@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
-ATOM_BINS = 128        # size-factor bins per stratum of a large group
-EXACT_UP_TO = 256      # strata with at most this many cells keep one atom per cell
+ATOM_BINS = 32         # size-factor bins per stratum of a large group
+EXACT_UP_TO = 32       # strata with at most this many cells keep one atom per cell
 SLAB_GENES = 64        # genes per slab of the store
 RECORD = np.dtype([("cell", "<i4"), ("gene", "<i4"), ("y", "<i4")])
 
@@ -158,9 +158,11 @@ class Atoms:
     atom_ptr: np.ndarray
     atom_logs: np.ndarray
     atom_w: np.ndarray
+    atom_w2: np.ndarray
     atom_z: np.ndarray
     cell_logs: np.ndarray
     cell_z: np.ndarray
+    cell_atom: np.ndarray
 
 
 @dataclass
@@ -179,8 +181,8 @@ class GeneBlock:
 
     def kernel_args(self):
         a = self.atoms
-        return (a.G, a.atom_ptr, a.atom_logs, a.atom_w, a.atom_z, a.cell_logs, a.cell_z,
-                self.nz_ptr, self.nz_y, self.nz_cell)
+        return (a.G, a.atom_ptr, a.atom_logs, a.atom_w, a.atom_w2, a.atom_z, a.cell_logs,
+                a.cell_z, a.cell_atom, self.nz_ptr, self.nz_y, self.nz_cell)
 
     def group_sums(self, values: np.ndarray) -> np.ndarray:
         """Sum of per-entry values for every (gene, group): genes x groups."""
@@ -189,18 +191,20 @@ class GeneBlock:
         return sums.reshape(-1, self.atoms.G)
 
 
-def _stratum_atoms(logs: np.ndarray, z: np.ndarray):
-    """Atoms of one stratum (cells sharing a covariate row): exact cells when few, else
-    equal-width bins in log size factor carrying the bin's cell count and mean size factor."""
+def _stratum_atoms(logs: np.ndarray):
+    """Atoms of one stratum (cells sharing a covariate row): one per cell when few, else
+    equal-width bins in log size factor. Returns each atom's mean log size factor, cell
+    count and sum of squared deviations, and each cell's atom."""
     if logs.size <= EXACT_UP_TO:
-        return logs, np.ones(logs.size), z
+        return logs, np.ones(logs.size), np.zeros(logs.size), np.arange(logs.size)
     edges = np.linspace(logs.min(), logs.max(), ATOM_BINS + 1)
     idx = np.clip(np.searchsorted(edges, logs, side="right") - 1, 0, ATOM_BINS - 1)
-    w = np.bincount(idx, minlength=ATOM_BINS).astype(np.float64)
-    s_sum = np.bincount(idx, weights=np.exp(logs), minlength=ATOM_BINS)
-    used = w > 0
-    zrow = np.broadcast_to(z[:1], (int(used.sum()), z.shape[1]))
-    return np.log(s_sum[used] / w[used]), w[used], zrow
+    used = np.bincount(idx, minlength=ATOM_BINS) > 0
+    idx = (np.cumsum(used) - 1)[idx]
+    w = np.bincount(idx).astype(np.float64)
+    mean = np.bincount(idx, weights=logs) / w
+    w2 = np.bincount(idx, weights=(logs - mean[idx]) ** 2)
+    return mean, w, w2, idx
 
 
 def atoms(cell_group: np.ndarray, size_factors: np.ndarray, covariates: np.ndarray,
@@ -208,9 +212,11 @@ def atoms(cell_group: np.ndarray, size_factors: np.ndarray, covariates: np.ndarr
     cells = np.flatnonzero(cell_group >= 0)
     cell_logs = np.zeros(cell_group.shape[0])
     cell_logs[cells] = np.log(size_factors[cells])
+    cell_atom = np.full(cell_group.shape[0], -1, dtype=np.int64)
     q = covariates.shape[1]
     atom_ptr = [0]
-    a_logs, a_w, a_z = [], [], []
+    a_logs, a_w, a_w2, a_z = [], [], [], []
+    n_atoms = 0
     by_group = np.argsort(cell_group, kind="stable")   # unanalysed cells (-1) first
     counts_k = np.bincount(cell_group[cells], minlength=G)
     bounds = cell_group.size - cells.size + np.concatenate([[0], np.cumsum(counts_k)])
@@ -223,19 +229,22 @@ def atoms(cell_group: np.ndarray, size_factors: np.ndarray, covariates: np.ndarr
             strata = [members[inv.ravel() == s] for s in range(inv.max() + 1)]
         else:
             strata = [members[i:i + 1] for i in range(members.size)]
-        n_atoms = 0
         for cells_s in strata:
-            lg, w, zz = _stratum_atoms(cell_logs[cells_s], covariates[cells_s])
+            lg, w, w2, idx = _stratum_atoms(cell_logs[cells_s])
+            cell_atom[cells_s] = n_atoms + idx
             a_logs.append(lg)
             a_w.append(w)
-            a_z.append(zz)
+            a_w2.append(w2)
+            a_z.append(np.broadcast_to(covariates[cells_s[:1]], (lg.size, q)))
             n_atoms += lg.size
-        atom_ptr.append(atom_ptr[-1] + n_atoms)
+        atom_ptr.append(n_atoms)
     return Atoms(G=G, group_n=counts_k.astype(np.float64),
                  atom_ptr=np.asarray(atom_ptr, dtype=np.int64),
                  atom_logs=np.concatenate(a_logs), atom_w=np.concatenate(a_w),
+                 atom_w2=np.concatenate(a_w2),
                  atom_z=np.ascontiguousarray(np.concatenate(a_z, axis=0)),
-                 cell_logs=cell_logs, cell_z=np.ascontiguousarray(covariates))
+                 cell_logs=cell_logs, cell_z=np.ascontiguousarray(covariates),
+                 cell_atom=cell_atom)
 
 
 @njit(cache=True)

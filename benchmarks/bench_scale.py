@@ -1,0 +1,128 @@
+"""Scale: simulated screens S, M, L (issue 3), each measured side by side in one run.
+
+For every screen, each job in its own process (wall time including start-up, peak RSS):
+- the I/O floor: one pass over the file with h5py, summing counts per (group, gene);
+- perturbglm de (CLI, all cores, --max-memory as given), with its own split of the time
+  into reading and fitting (run.json);
+- crispyx 0.2.2 nb_glm_test(n_jobs=all cores) on S and M, run by --peer-python (an
+  environment with crispyx installed; it is never a dependency of perturbglm).
+
+Screens are generated once into --data (the generation time is printed): shuffled cell
+order, as most real files are; `--grouped` adds a copy of M sorted by perturbation.
+
+usage: python benchmarks/bench_scale.py [--sizes S,M,L] [--data /tmp/perturbglm-bench]
+           [--max-memory 2G] [--peer-python /opt/peers/bin/python]
+"""
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+
+from _measure import run
+
+SIZES = {  # cells, genes, perturbations
+    "S": (20_000, 1_000, 50),
+    "M": (100_000, 2_000, 200),
+    "L": (1_000_000, 8_000, 5_000),
+}
+
+FLOOR = """
+import sys
+import h5py, numpy as np, scipy.sparse as sp
+from anndata.io import read_elem
+with h5py.File(sys.argv[1], "r") as f:
+    group = read_elem(f["obs"]["perturbation"]).codes.astype(np.int64)
+    X = f["X"]
+    indptr = X["indptr"][:]
+    n, n_genes = len(indptr) - 1, int(X.attrs["shape"][1])
+    sums = np.zeros((group.max() + 1, n_genes))
+    step = 20_000
+    for s in range(0, n, step):
+        e = min(s + step, n)
+        lo, hi = indptr[s], indptr[e]
+        m = sp.csr_matrix((X["data"][lo:hi], X["indices"][lo:hi], indptr[s:e + 1] - lo),
+                          shape=(e - s, n_genes))
+        ind = sp.csr_matrix((np.ones(e - s), (group[s:e], np.arange(e - s))),
+                            shape=(sums.shape[0], e - s))
+        sums += (ind @ m).toarray()
+print(sums.sum())
+"""
+
+CRISPYX = """
+import sys, os
+import crispyx
+crispyx.nb_glm_test(sys.argv[1], perturbation_column="perturbation",
+                    control_label="non-targeting", n_jobs=int(sys.argv[3]),
+                    output_path=os.path.join(sys.argv[2], "cx.h5ad"), force=True,
+                    verbose=False)
+"""
+
+
+def ensure(path, size, grouped=False):
+    """Generate the screen if missing; returns the generation wall time (or None)."""
+    if os.path.exists(path):
+        return None
+    cells, genes, perts = SIZES[size]
+    code = ("import sys; from perturbglm import simulate; "
+            f"simulate.write(sys.argv[1], {cells}, {genes}, {perts}, seed=7, "
+            f"grouped={grouped})")
+    wall, _, _ = run([sys.executable, "-c", code, path])
+    return wall
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sizes", default="S,M")
+    ap.add_argument("--data", default="/tmp/perturbglm-bench")
+    ap.add_argument("--max-memory", default="2G")
+    ap.add_argument("--peer-python", default="/opt/peers/bin/python")
+    ap.add_argument("--grouped", action="store_true", help="also run M with sorted cells")
+    args = ap.parse_args()
+    os.makedirs(args.data, exist_ok=True)
+    cores = os.cpu_count()
+    screens = [(s, os.path.join(args.data, f"{s}.h5ad"), False)
+               for s in args.sizes.split(",")]
+    if args.grouped:
+        screens.append(("M grouped", os.path.join(args.data, "M_grouped.h5ad"), True))
+    rows = []
+    for name, path, grouped in screens:
+        size = name.split()[0]
+        gen = ensure(path, size, grouped)
+        if gen is not None:
+            print(f"generated {name} ({os.path.getsize(path) / 2**30:.2f} GiB) in {gen:.0f} s",
+                  flush=True)
+        run([sys.executable, "-c", FLOOR, path])     # warm the page cache alike for all
+        floor, floor_rss, _ = run([sys.executable, "-c", FLOOR, path])
+        with tempfile.TemporaryDirectory(dir=args.data) as tmp:
+            out = os.path.join(tmp, "out")
+            wall, rss, _ = run([sys.executable, "-m", "perturbglm", "de", path, "--groupby",
+                                "perturbation", "--control", "non-targeting", "--out", out,
+                                "--max-memory", args.max_memory, "--quiet"])
+            with open(os.path.join(out, "run.json")) as fh:
+                timings = json.load(fh)["timings"]
+            cx = None
+            if size in ("S", "M") and os.path.exists(args.peer_python):
+                cx, cx_rss, _ = run([args.peer_python, "-c", CRISPYX, path, tmp, str(cores)])
+        read = timings["read_metadata"] + timings["read_counts"]
+        fit = timings["stage_a"] + timings["trend"] + timings["stage_b"]
+        rows.append((name, os.path.getsize(path) / 2**30, floor, wall, rss, read, fit,
+                     timings["write"], cx, cx_rss if cx else None))
+        print(f"{name}: floor {floor:.1f} s, perturbglm {wall:.1f} s ({rss:.0f} MiB)"
+              + (f", crispyx {cx:.1f} s" if cx else ""), flush=True)
+    print()
+    print(f"max-memory {args.max_memory}, {cores} cores; wall seconds incl. start-up; "
+          "RSS in MiB")
+    print(f"{'screen':10s} {'GiB':>6s} {'floor s':>8s} {'ours s':>8s} {'ours/floor':>10s} "
+          f"{'RSS':>6s} {'read s':>7s} {'fit s':>7s} {'write s':>8s} {'crispyx s':>10s} "
+          f"{'cx RSS':>7s} {'cx/ours':>8s}")
+    for name, gib, floor, wall, rss, read, fit, write, cx, cx_rss in rows:
+        cxs = (f"{cx:10.1f} {cx_rss:7.0f} {cx / wall:8.1f}" if cx
+               else f"{'':>10s} {'':>7s} {'':>8s}")
+        print(f"{name:10s} {gib:6.2f} {floor:8.2f} {wall:8.2f} {wall / floor:10.2f} "
+              f"{rss:6.0f} {read:7.2f} {fit:7.2f} {write:8.2f} {cxs}")
+
+
+if __name__ == "__main__":
+    main()

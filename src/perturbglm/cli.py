@@ -90,6 +90,15 @@ def _report(res, out: str) -> None:
         print(f"skipped {len(sk)} perturbation(s) below --min-cells: "
               + ", ".join(f"{k} ({v} cells)" for k, v in list(sk.items())[:10])
               + (" ..." if len(sk) > 10 else ""))
+    if info.get("skipped_groups_without_counts"):
+        sk = info["skipped_groups_without_counts"]
+        print(f"skipped {len(sk)} perturbation(s) whose cells have no counts: "
+              + ", ".join(sk[:10]) + (" ..." if len(sk) > 10 else ""))
+    if info.get("renamed_genes"):
+        ren = info["renamed_genes"]
+        print(f"made {len(ren)} repeated gene name(s) unique: "
+              + ", ".join(f"{o} -> {n}" for n, o in list(ren.items())[:5])
+              + (" ..." if len(ren) > 5 else "") + " (all in run.json)")
     if info.get("cells_without_counts"):
         print(f"left out {info['cells_without_counts']} cells with no counts")
     if info.get("cells_without_label"):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -30,6 +30,14 @@ class Design:
     def perturbations(self) -> list[int]:
         return [k for k in range(self.n_groups) if k != self.control]
 
+    def without(self, drop) -> Design:
+        """The design with the perturbation groups `drop` removed (their cells unanalysed)."""
+        keep = [k for k in range(self.n_groups) if k not in set(drop)]
+        remap = np.full(self.n_groups + 1, -1, dtype=np.int64)   # remap[-1] stays -1
+        remap[keep] = np.arange(len(keep))
+        return replace(self, labels=[self.labels[k] for k in keep],
+                       control=int(remap[self.control]), cell_group=remap[self.cell_group])
+
 
 def build(obs: pd.DataFrame, columns: list[str], groupby: str, control: str,
           covariates: list[str], min_cells: int) -> Design:
@@ -53,7 +61,10 @@ def build(obs: pd.DataFrame, columns: list[str], groupby: str, control: str,
         raise InputError(f"'{groupby}' has one label only ('{control}'); a screen needs control "
                          "cells and at least one perturbation")
     n_by = dict(zip(uniq, counts, strict=True))
-    if n_by[control] < max(min_cells, 2):
+    if n_by[control] < 2:
+        raise InputError(f"control '{control}' has {n_by[control]} cell; at least 2 control "
+                         "cells are needed to estimate dispersions")
+    if n_by[control] < min_cells:
         raise InputError(f"control '{control}' has {n_by[control]} cells, fewer than "
                          f"--min-cells {min_cells}; lower --min-cells or pick another control")
     skipped = {u: int(n) for u, n in n_by.items() if u != control and n < min_cells}

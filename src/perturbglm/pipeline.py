@@ -30,6 +30,7 @@ from . import size_factors as sf_mod
 from .errors import InputError
 from .reader import (
     locate_counts,
+    make_unique,
     obs_columns,
     open_h5ad,
     read_obs,
@@ -232,7 +233,7 @@ def run(path: str, opts: Options, out_dir: str, overwrite: bool = False,
                               numba.config.NUMBA_NUM_THREADS))
     with open_h5ad(path) as f:
         src = locate_counts(f, opts.layer)
-        genes = read_var_names(f, src)
+        genes, renamed = make_unique(read_var_names(f, src))
         kind, column = sf_mod.parse(opts.size_factors)
         columns = obs_columns(f)
         obs = read_obs(f, [opts.groupby, *opts.covariates] + ([column] if column else []))
@@ -273,9 +274,15 @@ def run(path: str, opts: Options, out_dir: str, overwrite: bool = False,
     empty = (des.cell_group >= 0) & ~(sf > 0)
     des.cell_group[empty] = -1
     counted = np.bincount(des.cell_group[des.cell_group >= 0], minlength=des.n_groups)
-    for k in np.flatnonzero(counted == 0):
+    if counted[des.control] == 0:
         ws.discard()
-        raise InputError(f"group '{des.labels[k]}' has no cells with counts left")
+        raise InputError(f"no control cell ('{des.labels[des.control]}') has any counts; "
+                         "check the matrix (--layer) and the --control label")
+    no_counts = [des.labels[k] for k in np.flatnonzero(counted == 0)]
+    des = des.without(np.flatnonzero(counted == 0))
+    if des.n_groups == 1:
+        ws.discard()
+        raise InputError("no perturbation has a cell with counts; check the matrix (--layer)")
     at = summaries.atoms(des.cell_group, sf, des.covariates, des.categorical_only,
                          des.n_groups)
     cx = _context(des, opts, at)
@@ -341,9 +348,11 @@ def run(path: str, opts: Options, out_dir: str, overwrite: bool = False,
                               [str(k) for k in kinds], strict=True)),
         "prior_variance": [float(x) for x in prior_var],
         "genes_with_covariates_from_all_cells": [str(x) for x in genes[refit]],
+        "renamed_genes": renamed,
         "n_cells": int(src.n_cells), "n_genes": int(src.n_genes), "matrix": src.key,
         "layout": src.layout, "cells_without_counts": int(empty.sum()),
         "cells_without_label": des.dropped_cells, "skipped_groups": des.skipped,
+        "skipped_groups_without_counts": no_counts,
         "covariate_columns": des.covariate_names,
         "memory": {"budget_bytes": plan.budget, "counts_in_memory": plan.in_memory,
                    "gene_blocks": len(ranges), "chunk_cells": int(chunk_cells),

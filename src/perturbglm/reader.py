@@ -80,6 +80,28 @@ def read_var_names(f: h5py.File, src: CountSource) -> np.ndarray:
     return names
 
 
+def make_unique(names: np.ndarray) -> tuple[np.ndarray, dict[str, str]]:
+    """Repeated gene names get a suffix, as anndata's var_names_make_unique does: the second
+    'X' becomes 'X-1', the third 'X-2' (skipping names already taken). Returns the names and
+    {new name: original name} for every renamed gene."""
+    taken = set(names.tolist())
+    if len(taken) == names.size:
+        return names, {}
+    out = names.copy()
+    seen: set[str] = set()
+    renamed = {}
+    for i, name in enumerate(names):
+        if name in seen:
+            k = 1
+            while f"{name}-{k}" in taken:
+                k += 1
+            out[i] = f"{name}-{k}"
+            taken.add(out[i])
+            renamed[out[i]] = name
+        seen.add(name)
+    return out, renamed
+
+
 def obs_columns(f: h5py.File) -> list[str]:
     return [_decode(c) for c in f["obs"].attrs.get("column-order", [])]
 

@@ -39,7 +39,8 @@ def normalise(sf: np.ndarray) -> np.ndarray:
     """Rescale the positive size factors to geometric mean 1."""
     pos = sf > 0
     out = sf.copy()
-    out[pos] /= np.exp(np.mean(np.log(sf[pos])))
+    if pos.any():
+        out[pos] /= np.exp(np.mean(np.log(sf[pos])))
     return out
 
 

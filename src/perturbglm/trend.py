@@ -89,6 +89,9 @@ def fit(base_mean, disp_gene):
         trend[ok] = coefs[0] + coefs[1] / base_mean[ok]
         return trend, "parametric"
     loc = ok & (disp_gene >= 10 * MIN_DISP)
+    if loc.sum() < 3:       # too few genes for a local quadratic: DESeq2's fitType="mean"
+        trend[ok] = disp_gene[loc].mean() if loc.any() else 10 * MIN_DISP
+        return trend, "mean"
     trend[ok] = local(base_mean[loc], disp_gene[loc], base_mean[ok])
     return trend, "local"
 

@@ -1,0 +1,169 @@
+"""Odd but valid input (issue 4): the run succeeds and says what it did.
+
+Documented outcomes (README, "Untested pairs"):
+- a gene with no counts in either arm: NaN statistics, left out of the BH correction;
+- a gene with counts in one arm only: NaN log2fc, SE, p and padj (the other arm's MLE is
+  -inf, so the Wald statistic is undefined; DESeq2 would report a fold change stuck at its
+  coefficient bound with a meaningless p-value), while base_mean, pct and the dispersion are
+  reported.
+"""
+
+import json
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+import perturbglm
+from perturbglm.cli import main
+
+RNG = np.random.default_rng(42)
+
+
+def screen(labels, x=None, genes=None, n_genes=6):
+    labels = np.asarray(labels, dtype=object)
+    if x is None:
+        x = RNG.poisson(3.0, (labels.size, n_genes))
+    genes = genes or [f"g{i}" for i in range(x.shape[1])]
+    return ad.AnnData(X=sp.csr_matrix(np.asarray(x, dtype=np.float32)),
+                      obs=pd.DataFrame({"p": pd.Categorical(labels)},
+                                       index=[f"c{i}" for i in range(labels.size)]),
+                      var=pd.DataFrame(index=genes))
+
+
+def de(adata, **kw):
+    return perturbglm.de(adata, groupby="p", control="NT", **kw)
+
+
+def check_statistics(table):
+    """p in [0, 1]; padj >= p and monotone in p within each perturbation; defined tests
+    have finite log2fc, SE and dispersion."""
+    p, q = table["pvalue"], table["padj"]
+    ok = p.notna()
+    assert p[ok].between(0, 1).all() and (q[ok] >= p[ok] - 1e-15).all()
+    assert np.isfinite(table.loc[ok, ["log2fc", "lfc_se", "stat", "dispersion"]]).all().all()
+    for _, sub in table[ok].groupby("perturbation"):
+        s = sub.sort_values("pvalue", kind="stable")
+        assert (np.diff(s["padj"].to_numpy()) >= -1e-15).all()
+
+
+LABELS = ["NT"] * 120 + ["A"] * 60 + ["B"] * 60
+
+
+def test_all_zero_gene_gives_nan_rows():
+    x = RNG.poisson(3.0, (240, 6))
+    x[:, 2] = 0
+    res = de(screen(LABELS, x))
+    zero = res.table[res.table["gene"] == "g2"]
+    assert zero[["log2fc", "lfc_se", "pvalue", "padj", "dispersion"]].isna().all().all()
+    assert (zero["base_mean"] == 0).all()
+    assert (res.summary["genes_tested"] == 5).all()
+    check_statistics(res.table)
+
+
+def test_gene_in_one_arm_only_is_nan_with_its_mean_reported():
+    x = RNG.poisson(3.0, (240, 6))
+    lab = np.array(LABELS)
+    x[lab == "NT", 1] = 0            # only the perturbed arms express g1
+    x[lab == "A", 3] = 0             # A lacks g3, B has it
+    res = de(screen(LABELS, x))
+    t = res.table.set_index(["perturbation", "gene"])
+    for key in [("A", "g1"), ("B", "g1"), ("A", "g3")]:
+        assert np.isnan(t.loc[key, ["log2fc", "lfc_se", "pvalue", "padj"]].astype(float)).all()
+        assert t.loc[key, "base_mean"] > 0
+        assert np.isfinite(t.loc[key, "dispersion"])
+    assert np.isfinite(t.loc[("B", "g3"), "pvalue"])
+    check_statistics(res.table)
+
+
+def test_huge_counts():
+    x = RNG.poisson(3.0, (240, 6)).astype(np.float64)
+    x[:, 0] = RNG.poisson(1e6, 240)
+    res = de(screen(LABELS, x))
+    assert res.table["pvalue"].notna().all()
+    check_statistics(res.table)
+
+
+def test_one_gene():
+    res = de(screen(LABELS, n_genes=1))
+    assert len(res.table) == 2 and res.table["pvalue"].notna().all()
+    check_statistics(res.table)
+
+
+def test_thousands_of_tiny_perturbations():
+    """2,000 perturbations of 1-5 cells: those under --min-cells are skipped and listed, the
+    rest are tested."""
+    sizes = RNG.integers(1, 6, 2_000)
+    labels = ["NT"] * 300 + [f"P{i:04d}" for i, n in enumerate(sizes) for _ in range(n)]
+    res = de(screen(labels, n_genes=10))
+    skipped = res.run_info["skipped_groups"]
+    assert set(skipped) == {f"P{i:04d}" for i in np.flatnonzero(sizes < 3)}
+    assert len(res.summary) == int((sizes >= 3).sum())
+    check_statistics(res.table)
+    res1 = de(screen(labels, n_genes=10), min_cells=1)
+    assert len(res1.summary) == 2_000 and not res1.run_info["skipped_groups"]
+    check_statistics(res1.table)
+
+
+def test_one_cell_groups_are_skipped_and_listed(tmp_path, capsys):
+    adata = screen(LABELS + ["C", "D"])
+    path = str(tmp_path / "s.h5ad")
+    adata.write_h5ad(path)
+    assert main(["de", path, "--groupby", "p", "--control", "NT", "--out",
+                 str(tmp_path / "o"), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "skipped 2 perturbation(s) below --min-cells: C (1 cells), D (1 cells)" in out
+    info = json.loads((tmp_path / "o" / "run.json").read_text())
+    assert info["skipped_groups"] == {"C": 1, "D": 1}
+
+
+def test_non_ascii_and_repeated_gene_names(tmp_path, capsys):
+    genes = ["ÉGR1", "g0", "g0", "ß-actin", "g0-1", "g0"]
+    labels = [x if x != "A" else "κ-ko" for x in LABELS]
+    path = str(tmp_path / "s.h5ad")
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")     # anndata warns about the repeated names
+        screen(labels, genes=genes).write_h5ad(path)
+    assert main(["de", path, "--groupby", "p", "--control", "NT", "--out",
+                 str(tmp_path / "o"), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "made 2 repeated gene name(s) unique: g0 -> g0-2, g0 -> g0-3" in out
+    table = pd.read_parquet(tmp_path / "o" / "results.parquet")
+    assert list(table["gene"][:6]) == ["ÉGR1", "g0", "g0-2", "ß-actin", "g0-1", "g0-3"]
+    assert set(table["perturbation"]) == {"B", "κ-ko"}
+    info = json.loads((tmp_path / "o" / "run.json").read_text())
+    assert info["renamed_genes"] == {"g0-2": "g0", "g0-3": "g0"}
+
+
+def test_no_cells_with_counts_is_refused(tmp_path, capsys):
+    path = str(tmp_path / "s.h5ad")
+    screen(LABELS, np.zeros((240, 4))).write_h5ad(path)
+    assert main(["de", path, "--groupby", "p", "--control", "NT", "--out",
+                 str(tmp_path / "o"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no control cell ('NT') has any counts" in err[0]
+    assert not (tmp_path / "o").exists() and not (tmp_path / "o.partial").exists()
+
+
+def test_perturbation_without_counts_is_skipped_and_listed(tmp_path, capsys):
+    x = RNG.poisson(3.0, (240, 6))
+    x[np.array(LABELS) == "B"] = 0
+    path = str(tmp_path / "s.h5ad")
+    screen(LABELS, x).write_h5ad(path)
+    assert main(["de", path, "--groupby", "p", "--control", "NT", "--out",
+                 str(tmp_path / "o"), "--quiet"]) == 0
+    assert "skipped 1 perturbation(s) whose cells have no counts: B" in capsys.readouterr().out
+    table = pd.read_parquet(tmp_path / "o" / "results.parquet")
+    assert set(table["perturbation"]) == {"A"}
+    check_statistics(table)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_rerun_is_identical(threads):
+    adata = screen(LABELS)
+    a = de(adata, threads=threads).table
+    b = de(adata, threads=threads).table
+    pd.testing.assert_frame_equal(a, b, check_exact=True)

@@ -36,7 +36,10 @@ class Progress:
         elapsed = now - self.t0
         rate = done / elapsed if elapsed > 0 else 0.0
         eta = (total - done) / rate if rate > 0 else float("nan")
-        tail = (f"{done:,}/{total:,} {unit}  {rate:,.0f} {unit}/s  "
+        speed = (f"{rate:,.0f} {unit}/s" if rate >= 10 else
+                 f"{rate:.2g} {unit}/s" if rate >= 0.1 or rate == 0 else
+                 f"{1 / rate:,.0f} s per {unit.rstrip('s')}")
+        tail = (f"{done:,}/{total:,} {unit}  {speed}  "
                 + (f"ETA {_duration(eta)}" if done < total and eta == eta
                    else f"in {_duration(elapsed)}"))
         if self.tty:

@@ -183,6 +183,10 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("perturbglm: interrupted; nothing was written", file=sys.stderr)
         return 130
+    except OSError as exc:      # disk full, permissions, a file vanishing mid-run
+        print(f"perturbglm: error: {exc}; fix the cause and rerun (with --resume if "
+              "OUT.partial exists)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

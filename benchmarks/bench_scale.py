@@ -11,7 +11,8 @@ Screens are generated once into --data (the generation time is printed): shuffle
 order, as most real files are; `--grouped` adds a copy of M sorted by perturbation.
 
 usage: python benchmarks/bench_scale.py [--sizes S,M,L] [--data /tmp/perturbglm-bench]
-           [--max-memory 2G] [--peer-python /opt/peers/bin/python]
+           [--max-memory 2G] [--grouped] [--peer-python /opt/peers/bin/python]
+           [--peer-sizes S,M]
 """
 
 import argparse
@@ -78,6 +79,7 @@ def main():
     ap.add_argument("--data", default="/tmp/perturbglm-bench")
     ap.add_argument("--max-memory", default="2G")
     ap.add_argument("--peer-python", default="/opt/peers/bin/python")
+    ap.add_argument("--peer-sizes", default="S,M", help="screens crispyx also runs on")
     ap.add_argument("--grouped", action="store_true", help="also run M with sorted cells")
     args = ap.parse_args()
     os.makedirs(args.data, exist_ok=True)
@@ -103,7 +105,8 @@ def main():
             with open(os.path.join(out, "run.json")) as fh:
                 timings = json.load(fh)["timings"]
             cx = None
-            if size in ("S", "M") and os.path.exists(args.peer_python):
+            if (not grouped and size in args.peer_sizes.split(",")
+                    and os.path.exists(args.peer_python)):
                 cx, cx_rss, _ = run([args.peer_python, "-c", CRISPYX, path, tmp, str(cores)])
         read = timings["read_metadata"] + timings["read_counts"]
         fit = timings["stage_a"] + timings["trend"] + timings["stage_b"]

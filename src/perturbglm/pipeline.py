@@ -149,7 +149,13 @@ def stage_a(block: summaries.GeneBlock, cx: Context) -> dict:
     cells_cmp = group_n[ctrl] + group_n[cx.comps]
     base_mean = (norm[:, [ctrl]] + norm[:, cx.comps]) / cells_cmp[None, :]
     bm = (norm.sum(axis=1) / group_n.sum())[:, None] if cx.dcomps[0] < 0 else base_mean
-    start = np.where(~(bm > 0), np.nan, math.log(ALPHA_INIT))
+    if cx.dcomps[0] < 0:
+        start = np.full(bm.shape, math.log(ALPHA_INIT))
+    else:
+        start = np.repeat(stages.control_optimum(prof, math.log(ALPHA_INIT), cx.lo,
+                                                 float(cx.hi.max()), cx.theta_lo)[:, None],
+                          bm.shape[1], axis=1)
+    start[~(bm > 0)] = np.nan
     no_prior = np.zeros(cx.dcomps.shape[0])
     th_gene = stages.dispersions(cx.dcomps, start, start, no_prior, cx.lo, cx.hi, b, coef,
                                  prof, cx.theta_lo, *args, minmu)

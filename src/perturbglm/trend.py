@@ -15,7 +15,8 @@ MIN_DISP = 1e-8
 
 def _gamma_identity_glm(y, x, start, maxit=25, tol=1e-8):
     """Gamma GLM with identity link, y ~ c0 + c1 x, by IRLS (R's glm.fit convergence rule).
-    Returns (coefficients, converged)."""
+    Returns (coefficients, converged); not converged when the design is singular (all genes
+    with one mean)."""
     X = np.column_stack([np.ones_like(x), x])
     coef = np.asarray(start, dtype=float)
     mu = X @ coef
@@ -25,7 +26,10 @@ def _gamma_identity_glm(y, x, start, maxit=25, tol=1e-8):
     for _ in range(maxit):
         w = 1.0 / mu**2
         XtW = X.T * w
-        coef = np.linalg.solve(XtW @ X, XtW @ y)
+        try:
+            coef = np.linalg.solve(XtW @ X, XtW @ y)
+        except np.linalg.LinAlgError:
+            return coef, False
         mu = X @ coef
         if np.any(mu <= 0):
             return coef, False

@@ -188,3 +188,16 @@ def test_memory_sizes(text, expected):
 def test_memory_size_refused():
     with pytest.raises(InputError, match="--max-memory 'lots'"):
         memory.parse("lots")
+
+
+def test_result_from_folder_reads_on_demand_and_copies(screen, reference, tmp_path):
+    from perturbglm import Result
+
+    _run(screen[0], tmp_path / "r")
+    res = Result.read(str(tmp_path / "r"))
+    one = res.perturbation("G00003")
+    assert len(one) == 300 and set(one["perturbation"]) == {"G00003"}
+    assert res._table is None                    # nothing else was loaded
+    res.write(str(tmp_path / "copy"))
+    assert_same(pd.read_parquet(tmp_path / "copy" / "results.parquet"), reference)
+    assert (tmp_path / "copy" / "summary.csv").exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import pandas as pd
 
@@ -45,14 +46,18 @@ class Result:
         return self._table[self._table["perturbation"] == label].reset_index(drop=True)
 
     def write(self, out_dir: str, overwrite: bool = False) -> None:
-        """Write results.parquet, summary.csv and run.json to OUT_DIR (atomically)."""
+        """Write results.parquet, summary.csv and run.json to OUT_DIR (atomically); a result
+        read from a folder is copied file by file, without loading its table."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         with output.staged(out_dir, overwrite) as tmp:
-            pq.write_table(pa.Table.from_pandas(self.table, preserve_index=False),
-                           os.path.join(tmp, "results.parquet"), compression="zstd",
-                           use_dictionary=False, row_group_size=output.ROWS_PER_GROUP)
+            if self._table is None:
+                shutil.copy2(os.path.join(self.folder, "results.parquet"), tmp)
+            else:
+                pq.write_table(pa.Table.from_pandas(self.table, preserve_index=False),
+                               os.path.join(tmp, "results.parquet"), compression="zstd",
+                               use_dictionary=False, row_group_size=output.ROWS_PER_GROUP)
             self.summary.to_csv(os.path.join(tmp, "summary.csv"), index=False)
             output.write_record(tmp, self.run_info)
 

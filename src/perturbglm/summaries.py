@@ -1,6 +1,6 @@
 """The non-zero counts, regrouped by gene, and the per-group summaries the kernels work from.
 
-The pass over the file (pipeline.py) hands every chunk's non-zero counts of analysed cells to
+The pass over the file (scan.py) hands every chunk's non-zero counts of analysed cells to
 a `Store`, which files them by gene slab (SLAB_GENES consecutive genes), in memory when they
 fit the memory budget and in append-only spill files otherwise. A gene block (consecutive
 slabs) is later loaded and ordered by (gene, group) in one counting sort: the kernels then

@@ -42,9 +42,9 @@ def _small_block(seed=0, n=300, genes=3, groups=2, q=0):
     return block, counts.toarray(), group, sf, z
 
 
-def _profile(theta, b, c, g, k, *args):
-    """The package's profile of one group at intercept b (args: kernel_args + min_mu)."""
-    state = kernels.fixed_mu(np.full(1, k), np.full(1, b), c, g, *args)
+def _profile(theta, b, c, g, k, data, minmu):
+    """The package's profile of one group at intercept b."""
+    state = kernels.fixed_mu(np.full(1, k), np.full(1, b), c, g, data, minmu)
     return kernels.profile(theta, *state)
 
 
@@ -68,12 +68,12 @@ def test_profile_matches_direct_sum():
             cells = group == k
             b = math.log(y[cells, g].mean() + 0.01)
             for theta in (-6.0, -1.0, 0.5, 3.0):
-                h, h1, h2 = _profile(theta, b, c, g, k, *args, 1e-6)
+                h, h1, h2 = _profile(theta, b, c, g, k, args, 1e-6)
                 direct = _direct_profile(theta, b, c, y[cells, g], sf[cells], z[cells], 1e-6)
                 assert h == pytest.approx(direct, rel=1e-10)
                 eps = 1e-4
-                hp = _profile(theta + eps, b, c, g, k, *args, 1e-6)[0]
-                hm = _profile(theta - eps, b, c, g, k, *args, 1e-6)[0]
+                hp = _profile(theta + eps, b, c, g, k, args, 1e-6)[0]
+                hm = _profile(theta - eps, b, c, g, k, args, 1e-6)[0]
                 assert h1 == pytest.approx((hp - hm) / (2 * eps), rel=1e-6, abs=1e-6)
                 assert h2 == pytest.approx((hp - 2 * h + hm) / eps**2, rel=1e-4, abs=1e-4)
 
@@ -93,15 +93,15 @@ def test_binned_atoms_are_accurate():
     for g in range(y.shape[1]):
         b = math.log(y[:, g].mean())
         for theta in (-3.0, 0.0, 2.0):
-            h, h1, h2 = _profile(theta, b, c, g, 0, *args, 1e-6)
+            h, h1, h2 = _profile(theta, b, c, g, 0, args, 1e-6)
             assert h == pytest.approx(_direct_profile(theta, b, c, y[:, g], sf, z, 1e-6),
                                       rel=2e-7)
             eps = 1e-4
-            hp = _profile(theta + eps, b, c, g, 0, *args, 1e-6)[0]
-            hm = _profile(theta - eps, b, c, g, 0, *args, 1e-6)[0]
+            hp = _profile(theta + eps, b, c, g, 0, args, 1e-6)[0]
+            hm = _profile(theta - eps, b, c, g, 0, args, 1e-6)[0]
             assert h1 == pytest.approx((hp - hm) / (2 * eps), rel=1e-6, abs=1e-6)
             assert h2 == pytest.approx((hp - 2 * h + hm) / eps**2, rel=1e-4, abs=1e-4)
-        binned = minimize_scalar(lambda t, b=b, g=g: -_profile(t, b, c, g, 0, *args, 1e-6)[0],
+        binned = minimize_scalar(lambda t, b=b, g=g: -_profile(t, b, c, g, 0, args, 1e-6)[0],
                                  bounds=(-6, 4), method="bounded", options={"xatol": 1e-10}).x
         exact = minimize_scalar(lambda t, b=b, g=g: -_direct_profile(t, b, c, y[:, g], sf, z,
                                                                      1e-6),
@@ -115,7 +115,7 @@ def test_binned_group_mle_is_accurate():
     block, y, group, sf, z = _small_block(n=4000, groups=1, q=0)
     args = block.kernel_args()
     for theta in (-2.0, 0.0, 1.0):
-        b, fisher, _, _ = kernels.group_mle(theta, np.zeros(0), 0, 0, *args, 1e-6)
+        b, fisher, _, _ = kernels.group_mle(theta, np.zeros(0), 0, 0, args, 1e-6)
         a = math.exp(theta)
         mu = np.exp(b + np.log(sf))
         score = np.sum((y[:, 0] - mu) / (1 + a * mu))
@@ -130,7 +130,7 @@ def test_group_mle_solves_the_score_equation():
     args = block.kernel_args()
     c = np.array([0.3])
     for theta in (-2.0, 0.0, 1.0):
-        b, fisher, _, _ = kernels.group_mle(theta, c, 1, 0, *args, 1e-6)
+        b, fisher, _, _ = kernels.group_mle(theta, c, 1, 0, args, 1e-6)
         a = math.exp(theta)
         cells = group == 0
         mu = np.exp(b + np.log(sf[cells]) + z[cells] @ c)

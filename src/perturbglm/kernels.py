@@ -53,8 +53,7 @@ def _sigmoid_terms(am):
 
 
 @njit(cache=True)
-def fixed_mu(ks, bk, c, g, G, atom_ptr, atom_logs, atom_w, atom_w2, atom_z, cell_logs, cell_z,
-             cell_atom, nz_ptr, nz_y, nz_cell, minmu):
+def fixed_mu(ks, bk, c, g, data, minmu):
     """Everything the Cox-Reid profile of gene g in groups ks needs once mu is held fixed
     (intercepts bk):
     - every atom's mu (at its mean log size factor), weight and spread w2 (the sum of its
@@ -70,8 +69,8 @@ def fixed_mu(ks, bk, c, g, G, atom_ptr, atom_logs, atom_w, atom_w2, atom_z, cell
     n_nz = 0
     for i in range(n):
         k = ks[i]
-        a_ptr[i + 1] = a_ptr[i] + atom_ptr[k + 1] - atom_ptr[k]
-        n_nz += nz_ptr[g * G + k + 1] - nz_ptr[g * G + k]
+        a_ptr[i + 1] = a_ptr[i] + data.atom_ptr[k + 1] - data.atom_ptr[k]
+        n_nz += data.nz_ptr[g * data.G + k + 1] - data.nz_ptr[g * data.G + k]
     a_mu = np.empty(a_ptr[n])
     a_w = np.empty(a_ptr[n])
     a_w2 = np.empty(a_ptr[n])
@@ -83,23 +82,23 @@ def fixed_mu(ks, bk, c, g, G, atom_ptr, atom_logs, atom_w, atom_w2, atom_z, cell
     tail = np.zeros((n, SMALL_COUNT))
     for i in range(n):
         k = ks[i]
-        first = atom_ptr[k]
-        n_a = atom_ptr[k + 1] - first
+        first = data.atom_ptr[k]
+        n_a = data.atom_ptr[k + 1] - first
         floored = np.zeros(n_a, dtype=np.bool_)
-        for j in range(first, atom_ptr[k + 1]):
+        for j in range(first, data.atom_ptr[k + 1]):
             t = a_ptr[i] + j - first
-            raw = math.exp(bk[i] + _offset(atom_logs[j], atom_z[j], c))
+            raw = math.exp(bk[i] + _offset(data.atom_logs[j], data.atom_z[j], c))
             floored[j - first] = raw < minmu
             a_mu[t] = max(raw, minmu)
-            a_w[t] = atom_w[j]
-            a_w2[t] = 0.0 if floored[j - first] else atom_w2[j]
+            a_w[t] = data.atom_w[j]
+            a_w2[t] = 0.0 if floored[j - first] else data.atom_w2[j]
         moments = np.zeros((n_a, 3))
         big_ptr[i + 1] = big_ptr[i]
-        for e in range(nz_ptr[g * G + k], nz_ptr[g * G + k + 1]):
-            cell = nz_cell[e]
-            j = cell_atom[cell] - first
-            d = cell_logs[cell] - atom_logs[first + j]
-            y = float(nz_y[e])
+        for e in range(data.nz_ptr[g * data.G + k], data.nz_ptr[g * data.G + k + 1]):
+            cell = data.nz_cell[e]
+            j = data.cell_atom[cell] - first
+            d = data.cell_logs[cell] - data.atom_logs[first + j]
+            y = float(data.nz_y[e])
             moments[j, 0] += y
             moments[j, 1] += y * d
             moments[j, 2] += y * d * d
@@ -277,20 +276,15 @@ def mle(theta, a_ptr, a_base, a_w, a_w2, e_ptr, e_base, e_y, big_ptr, big_y, tai
 
 
 @njit(cache=True)
-def base_state(c, g, k, G, atom_ptr, atom_logs, atom_w, atom_w2, atom_z, cell_logs, cell_z,
-               cell_atom, nz_ptr, nz_y, nz_cell):
+def base_state(c, g, k, data):
     """The `fixed_mu` state of group k at b = 0 without a floor, which `mle` scales by e^b."""
-    return fixed_mu(np.full(1, k, dtype=np.int64), np.zeros(1), c, g, G, atom_ptr, atom_logs,
-                    atom_w, atom_w2, atom_z, cell_logs, cell_z, cell_atom, nz_ptr, nz_y,
-                    nz_cell, 0.0)
+    return fixed_mu(np.full(1, k, dtype=np.int64), np.zeros(1), c, g, data, 0.0)
 
 
 @njit(cache=True)
-def group_mle(theta, c, g, k, G, atom_ptr, atom_logs, atom_w, atom_w2, atom_z, cell_logs,
-              cell_z, cell_atom, nz_ptr, nz_y, nz_cell, minmu, b_start=np.nan):
+def group_mle(theta, c, g, k, data, minmu, b_start=np.nan):
     """`mle` of group k of gene g with covariate offsets c."""
-    state = base_state(c, g, k, G, atom_ptr, atom_logs, atom_w, atom_w2, atom_z, cell_logs,
-                       cell_z, cell_atom, nz_ptr, nz_y, nz_cell)
+    state = base_state(c, g, k, data)
     return mle(theta, *state, minmu, b_start)
 
 
@@ -298,8 +292,7 @@ BETA_BOUND = 30.0  # DESeq2's bound on coefficients (natural log scale)
 
 
 @njit(cache=True)
-def covariate_fit(theta, use, g, G, atom_ptr, atom_logs, atom_w, atom_w2, atom_z, cell_logs,
-                  cell_z, cell_atom, nz_ptr, nz_y, nz_cell, minmu):
+def covariate_fit(theta, use, g, data, minmu):
     """Joint MLE, at fixed dispersion, of one intercept per group in `use` (a boolean mask)
     and covariate coefficients c shared by those groups' cells, by Fisher scoring. The
     intercept block of the information is diagonal, so each step solves a q x q Schur
@@ -307,46 +300,45 @@ def covariate_fit(theta, use, g, G, atom_ptr, atom_logs, atom_w, atom_w2, atom_z
 
     Returns (c, bounded): bounded is True when a coefficient ran to +-BETA_BOUND, i.e. the
     cells could not identify it (a covariate stratum without counts)."""
-    q = atom_z.shape[1]
-    b = np.empty(G)
+    q = data.atom_z.shape[1]
+    b = np.empty(data.G)
     c = np.zeros(q)
     active = use.copy()
-    for k in range(G):
+    for k in range(data.G):
         if active[k]:
-            b[k] = group_mle(theta, c, g, k, G, atom_ptr, atom_logs, atom_w, atom_w2, atom_z,
-                             cell_logs, cell_z, cell_atom, nz_ptr, nz_y, nz_cell, minmu,
+            b[k] = group_mle(theta, c, g, k, data, minmu,
                              np.nan)[0]
             active[k] = np.isfinite(b[k])
     a = math.exp(theta)
-    D = np.zeros(G)
-    B = np.zeros((G, q))
-    sb = np.zeros(G)
+    D = np.zeros(data.G)
+    B = np.zeros((data.G, q))
+    sb = np.zeros(data.G)
     for _ in range(200):
         C = np.zeros((q, q))
         sc = np.zeros(q)
         S = np.zeros((q, q))
         rhs = np.zeros(q)
-        for k in range(G):
+        for k in range(data.G):
             if not active[k]:
                 continue
             D[k] = 0.0
             B[k] = 0.0
             sb[k] = 0.0
-            for j in range(atom_ptr[k], atom_ptr[k + 1]):
-                z = atom_z[j]
-                raw = math.exp(b[k] + _offset(atom_logs[j], z, c))
-                h = 0.5 * atom_w2[j] if raw >= minmu else 0.0
+            for j in range(data.atom_ptr[k], data.atom_ptr[k + 1]):
+                z = data.atom_z[j]
+                raw = math.exp(b[k] + _offset(data.atom_logs[j], z, c))
+                h = 0.5 * data.atom_w2[j] if raw >= minmu else 0.0
                 _, qa, _, ka, _ = _sigmoid_terms(a * max(raw, minmu))
-                v = (atom_w[j] * qa + h * ka) / a
+                v = (data.atom_w[j] * qa + h * ka) / a
                 D[k] += v
                 B[k] += v * z
                 C += v * np.outer(z, z)
                 sb[k] -= v
                 sc -= v * z
-            for e in range(nz_ptr[g * G + k], nz_ptr[g * G + k + 1]):
-                z = cell_z[nz_cell[e]]
-                mu = max(math.exp(b[k] + _offset(cell_logs[nz_cell[e]], z, c)), minmu)
-                t = nz_y[e] / (1.0 + a * mu)
+            for e in range(data.nz_ptr[g * data.G + k], data.nz_ptr[g * data.G + k + 1]):
+                z = data.cell_z[data.nz_cell[e]]
+                mu = max(math.exp(b[k] + _offset(data.cell_logs[data.nz_cell[e]], z, c)), minmu)
+                t = data.nz_y[e] / (1.0 + a * mu)
                 sb[k] += t
                 sc += t * z
             S -= np.outer(B[k], B[k]) / D[k]
@@ -357,11 +349,11 @@ def covariate_fit(theta, use, g, G, atom_ptr, atom_logs, atom_w, atom_w2, atom_z
             S[d, d] += 1e-10
         dc = np.linalg.solve(S, rhs)
         big = np.max(np.abs(dc)) if q > 0 else 0.0
-        for k in range(G):
+        for k in range(data.G):
             if active[k]:
                 big = max(big, abs((sb[k] - np.dot(B[k], dc)) / D[k]))
         shrink = 5.0 / big if big > 5.0 else 1.0
-        for k in range(G):
+        for k in range(data.G):
             if active[k]:
                 db = (sb[k] - np.dot(B[k], dc)) / D[k]
                 b[k] = min(max(b[k] + shrink * db, -BETA_BOUND), BETA_BOUND)
@@ -372,7 +364,7 @@ def covariate_fit(theta, use, g, G, atom_ptr, atom_logs, atom_w, atom_w2, atom_z
     bounded = False
     for d in range(q):
         bounded = bounded or abs(c[d]) >= BETA_BOUND
-    for k in range(G):
+    for k in range(data.G):
         bounded = bounded or (active[k] and abs(b[k]) >= BETA_BOUND)
     return c, bounded
 

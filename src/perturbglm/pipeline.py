@@ -140,9 +140,9 @@ def stage_a(block: summaries.GeneBlock, cx: Context) -> dict:
     ctrl = cx.des.control
     minmu = float(cx.opts.min_mu)
     group_n = cx.atoms.group_n
-    b, coef, refit = stages.initial_fit(math.log(ALPHA_INIT), ctrl, group_n, *args, minmu)
+    b, coef, refit = stages.initial_fit(math.log(ALPHA_INIT), ctrl, group_n, args, minmu)
     prof, wald_tab = stages.control_tables(cx.theta_lo, cx.n_prof, cx.n_wald, ctrl, b, coef,
-                                           *args, minmu)
+                                           args, minmu)
     n_nz = np.diff(block.nz_ptr).reshape(-1, cx.des.n_groups)
     norm = block.group_sums(block.nz_y * np.exp(-cx.atoms.cell_logs[block.nz_cell]))
     pct = 100.0 * n_nz / group_n[None, :]
@@ -158,7 +158,7 @@ def stage_a(block: summaries.GeneBlock, cx: Context) -> dict:
     start[~(bm > 0)] = np.nan
     no_prior = np.zeros(cx.dcomps.shape[0])
     th_gene = stages.dispersions(cx.dcomps, start, start, no_prior, cx.lo, cx.hi, b, coef,
-                                 prof, cx.theta_lo, *args, minmu)
+                                 prof, cx.theta_lo, args, minmu)
     disp_gene = np.clip(np.exp(th_gene), MIN_DISP, np.maximum(10.0, cx.m_cells)[None, :])
     return {"b": b, "coef": coef, "refit": refit, "prof": prof, "wald_tab": wald_tab,
             "disp_gene": disp_gene.T, "bm": bm.T, "base_mean": base_mean.T,
@@ -193,7 +193,7 @@ def stage_b(block: summaries.GeneBlock, a: dict, disp_trend: np.ndarray, prior_v
     map_start = np.where(log_gene > log_trend + math.log(0.1), log_gene, log_trend)
     map_start[~(a["bm"].T > 0)] = np.nan
     th_map = stages.dispersions(cx.dcomps, map_start, log_trend, prior_var, cx.lo, cx.hi,
-                                a["b"], a["coef"], a["prof"], cx.theta_lo, *args, minmu)
+                                a["b"], a["coef"], a["prof"], cx.theta_lo, args, minmu)
     disp = np.clip(np.exp(th_map), MIN_DISP, max_disp)
     outlier = log_gene > log_trend + 2 * np.sqrt(var_log)[None, :]
     disp = np.where(outlier, np.exp(log_gene), disp)
@@ -202,7 +202,7 @@ def stage_b(block: summaries.GeneBlock, a: dict, disp_trend: np.ndarray, prior_v
         theta = np.repeat(theta, cx.comps.size, axis=1)
         theta[~(a["base_mean"].T > 0)] = np.nan
     lfc, se = stages.wald(cx.comps, cx.des.control, theta, a["coef"], a["wald_tab"],
-                          cx.theta_lo, *args, minmu)
+                          cx.theta_lo, args, minmu)
     return {"disp": disp.T, "lfc": lfc.T / math.log(2), "se": se.T / math.log(2)}
 
 

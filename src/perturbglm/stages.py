@@ -33,127 +33,37 @@ WALD_STEP = 1.0  # theta spacing of the cubic Hermite table of the control MLE
 
 
 @njit(cache=True, parallel=True)
-def initial_fit(
-    theta0,
-    control,
-    group_n,
-    G,
-    atom_ptr,
-    atom_logs,
-    atom_w,
-    atom_w2,
-    atom_z,
-    cell_logs,
-    cell_z,
-    cell_atom,
-    nz_ptr,
-    nz_y,
-    nz_cell,
-    minmu,
-):
+def initial_fit(theta0, control, group_n, data, minmu):
     """Returns b (genes x groups), covariate coefficients c (genes x q) and which genes
     needed all cells to identify c."""
-    n_genes = (nz_ptr.shape[0] - 1) // G
-    q = atom_z.shape[1]
-    b = np.empty((n_genes, G))
+    n_genes = (data.nz_ptr.shape[0] - 1) // data.G
+    q = data.atom_z.shape[1]
+    b = np.empty((n_genes, data.G))
     coef = np.zeros((n_genes, q))
     refit = np.zeros(n_genes, dtype=np.bool_)
-    only_control = np.zeros(G, dtype=np.bool_)
+    only_control = np.zeros(data.G, dtype=np.bool_)
     only_control[control] = True
-    every_group = np.ones(G, dtype=np.bool_)
+    every_group = np.ones(data.G, dtype=np.bool_)
     for g in prange(n_genes):
         if q > 0:
-            c, bounded = covariate_fit(
-                theta0,
-                only_control,
-                g,
-                G,
-                atom_ptr,
-                atom_logs,
-                atom_w,
-                atom_w2,
-                atom_z,
-                cell_logs,
-                cell_z,
-                cell_atom,
-                nz_ptr,
-                nz_y,
-                nz_cell,
-                minmu,
-            )
+            c, bounded = covariate_fit(theta0, only_control, g, data, minmu)
             if bounded:
-                c, _ = covariate_fit(
-                    theta0,
-                    every_group,
-                    g,
-                    G,
-                    atom_ptr,
-                    atom_logs,
-                    atom_w,
-                    atom_w2,
-                    atom_z,
-                    cell_logs,
-                    cell_z,
-                    cell_atom,
-                    nz_ptr,
-                    nz_y,
-                    nz_cell,
-                    minmu,
-                )
+                c, _ = covariate_fit(theta0, every_group, g, data, minmu)
                 refit[g] = True
             coef[g] = c
-            for k in range(G):
-                b[g, k] = group_mle(
-                    theta0,
-                    c,
-                    g,
-                    k,
-                    G,
-                    atom_ptr,
-                    atom_logs,
-                    atom_w,
-                    atom_w2,
-                    atom_z,
-                    cell_logs,
-                    cell_z,
-                    cell_atom,
-                    nz_ptr,
-                    nz_y,
-                    nz_cell,
-                    minmu,
-                    np.nan,
-                )[0]
+            for k in range(data.G):
+                b[g, k] = group_mle(theta0, c, g, k, data, minmu, np.nan)[0]
         else:
-            for k in range(G):
+            for k in range(data.G):
                 norm = 0.0
-                for e in range(nz_ptr[g * G + k], nz_ptr[g * G + k + 1]):
-                    norm += nz_y[e] * math.exp(-cell_logs[nz_cell[e]])
+                for e in range(data.nz_ptr[g * data.G + k], data.nz_ptr[g * data.G + k + 1]):
+                    norm += data.nz_y[e] * math.exp(-data.cell_logs[data.nz_cell[e]])
                 b[g, k] = math.log(norm / group_n[k]) if norm > 0.0 else -np.inf
     return b, coef, refit
 
 
 @njit(cache=True, parallel=True)
-def control_tables(
-    theta_lo,
-    n_prof,
-    n_wald,
-    control,
-    b,
-    coef,
-    G,
-    atom_ptr,
-    atom_logs,
-    atom_w,
-    atom_w2,
-    atom_z,
-    cell_logs,
-    cell_z,
-    cell_atom,
-    nz_ptr,
-    nz_y,
-    nz_cell,
-    minmu,
-):
+def control_tables(theta_lo, n_prof, n_wald, control, b, coef, data, minmu):
     """Control profile (value, d1, d2) on theta_lo + j*PROFILE_STEP and control MLE
     (b, db, fisher, dfisher) on theta_lo + j*WALD_STEP, for every gene."""
     n_genes = b.shape[0]
@@ -162,46 +72,14 @@ def control_tables(
     for g in prange(n_genes):
         c = coef[g]
         state = fixed_mu(
-            np.full(1, control, dtype=np.int64),
-            np.full(1, b[g, control]),
-            c,
-            g,
-            G,
-            atom_ptr,
-            atom_logs,
-            atom_w,
-            atom_w2,
-            atom_z,
-            cell_logs,
-            cell_z,
-            cell_atom,
-            nz_ptr,
-            nz_y,
-            nz_cell,
-            minmu,
+            np.full(1, control, dtype=np.int64), np.full(1, b[g, control]), c, g, data, minmu
         )
         for j in range(n_prof):
             h, h1, h2 = profile(theta_lo + j * PROFILE_STEP, *state)
             prof[g, 0, j] = h
             prof[g, 1, j] = h1
             prof[g, 2, j] = h2
-        base = base_state(
-            c,
-            g,
-            control,
-            G,
-            atom_ptr,
-            atom_logs,
-            atom_w,
-            atom_w2,
-            atom_z,
-            cell_logs,
-            cell_z,
-            cell_atom,
-            nz_ptr,
-            nz_y,
-            nz_cell,
-        )
+        base = base_state(c, g, control, data)
         bj = np.nan
         for j in range(n_wald):
             bj, fj, dbj, dfj = mle(theta_lo + j * WALD_STEP, *base, minmu, bj)
@@ -262,40 +140,25 @@ def control_optimum(prof, theta0, lo, hi, theta_lo):
     perturbation's, dominate the comparison's profile, so few Newton steps remain."""
     n_genes = prof.shape[0]
     out = np.empty(n_genes)
-    nothing = (np.zeros(1, dtype=np.int64), np.empty(0), np.empty(0), np.empty(0),
-               np.zeros(1, dtype=np.int64), np.empty(0), np.empty((0, 3)),
-               np.zeros(1, dtype=np.int64), np.empty(0), np.empty((1, 0)))
+    nothing = (
+        np.zeros(1, dtype=np.int64),
+        np.empty(0),
+        np.empty(0),
+        np.empty(0),
+        np.zeros(1, dtype=np.int64),
+        np.empty(0),
+        np.empty((0, 3)),
+        np.zeros(1, dtype=np.int64),
+        np.empty(0),
+        np.empty((1, 0)),
+    )
     for g in prange(n_genes):
         out[g] = _maximise(theta0, lo, hi, nothing, prof[g], theta_lo, 0.0, 0.0)
     return out
 
 
 @njit(cache=True, parallel=True)
-def dispersions(
-    comps,
-    start,
-    prior_mean,
-    prior_var,
-    lo,
-    hi,
-    b,
-    coef,
-    prof,
-    theta_lo,
-    G,
-    atom_ptr,
-    atom_logs,
-    atom_w,
-    atom_w2,
-    atom_z,
-    cell_logs,
-    cell_z,
-    cell_atom,
-    nz_ptr,
-    nz_y,
-    nz_cell,
-    minmu,
-):
+def dispersions(comps, start, prior_mean, prior_var, lo, hi, b, coef, prof, theta_lo, data, minmu):
     """Optimal theta of each gene in each comparison `comps[j]` (a group index tested against
     the control, its control part read from the table; -1 means every group together).
     Gene-wise estimates take prior_var[j] = 0; MAP estimates a normal prior
@@ -303,7 +166,7 @@ def dispersions(
     the pair. hi[j] is the upper bound of comparison j."""
     n_genes = b.shape[0]
     out = np.full((n_genes, comps.shape[0]), np.nan)
-    everyone = np.arange(G)
+    everyone = np.arange(data.G)
     no_table = np.zeros((3, 0))
     for g in prange(n_genes):
         for j in range(comps.shape[0]):
@@ -311,25 +174,7 @@ def dispersions(
                 continue
             joint = comps[j] < 0
             ks = everyone if joint else np.full(1, comps[j], dtype=np.int64)
-            state = fixed_mu(
-                ks,
-                b[g][ks],
-                coef[g],
-                g,
-                G,
-                atom_ptr,
-                atom_logs,
-                atom_w,
-                atom_w2,
-                atom_z,
-                cell_logs,
-                cell_z,
-                cell_atom,
-                nz_ptr,
-                nz_y,
-                nz_cell,
-                minmu,
-            )
+            state = fixed_mu(ks, b[g][ks], coef[g], g, data, minmu)
             out[g, j] = _maximise(
                 start[g, j],
                 lo,
@@ -344,27 +189,7 @@ def dispersions(
 
 
 @njit(cache=True, parallel=True)
-def wald(
-    comps,
-    control,
-    theta,
-    coef,
-    wald_table,
-    theta_lo,
-    G,
-    atom_ptr,
-    atom_logs,
-    atom_w,
-    atom_w2,
-    atom_z,
-    cell_logs,
-    cell_z,
-    cell_atom,
-    nz_ptr,
-    nz_y,
-    nz_cell,
-    minmu,
-):
+def wald(comps, control, theta, coef, wald_table, theta_lo, data, minmu):
     """Natural-log fold change of group comps[j] over the control at dispersion
     exp(theta[g, j]) and its Fisher standard error sqrt(1/I_control + 1/I_group).
     NaN where either group has no counts (the MLE lies at the boundary)."""
@@ -381,25 +206,7 @@ def wald(
                 continue
             b0 = cubic_hermite(th, theta_lo, WALD_STEP, tab[0], tab[1])
             i0 = cubic_hermite(th, theta_lo, WALD_STEP, tab[2], tab[3])
-            bk, ik, _, _ = group_mle(
-                th,
-                coef[g],
-                g,
-                comps[j],
-                G,
-                atom_ptr,
-                atom_logs,
-                atom_w,
-                atom_w2,
-                atom_z,
-                cell_logs,
-                cell_z,
-                cell_atom,
-                nz_ptr,
-                nz_y,
-                nz_cell,
-                minmu,
-            )
+            bk, ik, _, _ = group_mle(th, coef[g], g, comps[j], data, minmu)
             if not np.isfinite(bk) or i0 <= 0.0 or ik <= 0.0:
                 continue
             lfc[g, j] = bk - b0

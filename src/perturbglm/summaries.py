@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections import namedtuple
 from dataclasses import dataclass
 
 import numpy as np
@@ -165,6 +166,12 @@ class Atoms:
     cell_atom: np.ndarray
 
 
+BlockData = namedtuple("BlockData", [
+    "G", "atom_ptr", "atom_logs", "atom_w", "atom_w2", "atom_z", "cell_logs", "cell_z",
+    "cell_atom", "nz_ptr", "nz_y", "nz_cell"])
+BlockData.__doc__ = "What the compiled kernels read of a gene block (layout: kernels.py)."
+
+
 @dataclass
 class GeneBlock:
     """The kernels' view of genes g0..g1-1 (see the layout note in kernels.py)."""
@@ -179,10 +186,11 @@ class GeneBlock:
     def n_genes(self) -> int:
         return (self.nz_ptr.shape[0] - 1) // self.atoms.G
 
-    def kernel_args(self):
+    def kernel_args(self) -> BlockData:
         a = self.atoms
-        return (a.G, a.atom_ptr, a.atom_logs, a.atom_w, a.atom_w2, a.atom_z, a.cell_logs,
-                a.cell_z, a.cell_atom, self.nz_ptr, self.nz_y, self.nz_cell)
+        return BlockData(a.G, a.atom_ptr, a.atom_logs, a.atom_w, a.atom_w2, a.atom_z,
+                         a.cell_logs, a.cell_z, a.cell_atom, self.nz_ptr, self.nz_y,
+                         self.nz_cell)
 
     def group_sums(self, values: np.ndarray) -> np.ndarray:
         """Sum of per-entry values for every (gene, group): genes x groups."""

@@ -1,5 +1,6 @@
 """Fuzzing (issue 4): hypothesis draws small screens (sparsity, group sizes incl. empty and
-single-cell groups, storage dtype, CSR/CSC/dense, covariates, size factors, options) and
+single-cell groups, storage dtype, CSR/CSC/dense, covariates, size factors, options, chunk
+sizes, in-memory or spilled counts) and
 checks that every run either succeeds with a well-formed table or refuses cleanly: an
 InputError of one line, and nothing written.
 
@@ -17,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import perturbglm
+from perturbglm import memory
 from perturbglm.errors import InputError
 
 FUZZ_EXAMPLES = int(os.environ.get("PERTURBGLM_FUZZ_EXAMPLES", "200"))
@@ -53,9 +55,11 @@ def screens(draw):
         "size_factors": draw(st.sampled_from(["library", "poscounts", "obs:depth"])),
         "min_cells": draw(st.integers(1, 4)),
         "dispersion": draw(st.sampled_from(["per-comparison", "global"])),
+        "chunk_cells": draw(st.sampled_from([None, 1, 7])),
     }
+    spill = draw(st.booleans())
     adata = ad.AnnData(X=X, obs=obs, var=pd.DataFrame(index=[f"g{j}" for j in range(n_genes)]))
-    return adata, options
+    return adata, options, spill
 
 
 def check_table(table: pd.DataFrame, summary: pd.DataFrame, n_genes: int):
@@ -85,8 +89,11 @@ def check_table(table: pd.DataFrame, summary: pd.DataFrame, n_genes: int):
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(screens())
 def test_run_succeeds_well_formed_or_refuses_cleanly(tmp_path_factory, case):
-    adata, options = case
+    adata, options, spill = case
     out = str(tmp_path_factory.mktemp("fuzz") / "out")
+    saved = memory.RECORD_BYTES, memory.BLOCK_BYTES
+    if spill:       # the spilled plan, one 64-gene slab per block, as a large screen runs
+        memory.RECORD_BYTES, memory.BLOCK_BYTES = 10**9, 10**6
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")      # anndata's own warnings on odd inputs
         try:
@@ -97,4 +104,6 @@ def test_run_succeeds_well_formed_or_refuses_cleanly(tmp_path_factory, case):
             assert message and "\n" not in message
             assert not os.path.exists(out) and not os.path.exists(out + ".partial")
             return
+        finally:
+            memory.RECORD_BYTES, memory.BLOCK_BYTES = saved
     check_table(res.table, res.summary, adata.n_vars)

@@ -201,3 +201,23 @@ def test_result_from_folder_reads_on_demand_and_copies(screen, reference, tmp_pa
     res.write(str(tmp_path / "copy"))
     assert_same(pd.read_parquet(tmp_path / "copy" / "results.parquet"), reference)
     assert (tmp_path / "copy" / "summary.csv").exists()
+
+
+def test_spilled_screen_without_counts(tmp_path, tight_memory):
+    """Found by the long fuzz run: a spilled store that never received a count (no spill
+    file was created) loads as empty; with size factors from obs every pair is untested.
+    (Dense storage: every stored entry counts towards the plan, so the zeros spill.)"""
+    import anndata as ad
+
+    obs = pd.DataFrame({"perturbation": pd.Categorical(["NT", "NT", "A", "A"]),
+                        "sf": [1.0, 2.0, 1.0, 0.5]}, index=[f"c{i}" for i in range(4)])
+    path = str(tmp_path / "zero.h5ad")
+    ad.AnnData(X=np.zeros((4, 3), dtype=np.float32), obs=obs,
+               var=pd.DataFrame(index=["a", "b", "c"])).write_h5ad(path)
+    opts = pipeline.Options(groupby="perturbation", control="NT", size_factors="obs:sf",
+                            min_cells=2)
+    pipeline.run(path, opts, str(tmp_path / "o"))
+    table = pd.read_parquet(tmp_path / "o" / "results.parquet")
+    assert len(table) == 3 and table["pvalue"].isna().all()
+    info = pd.read_json(tmp_path / "o" / "run.json", typ="series")["memory"]
+    assert info["counts_in_memory"] is False

@@ -97,7 +97,7 @@ class Store:
         else:
             self.close()
             parts = [np.fromfile(self._path(s), dtype=RECORD, count=int(self.nnz[s]))
-                     for s in range(s0, s1)]
+                     for s in range(s0, s1) if self.nnz[s] > 0]
         return np.concatenate(parts) if parts else np.empty(0, dtype=RECORD)
 
     def blocks(self, max_nnz: int, max_slabs: int) -> list[tuple[int, int]]:

@@ -30,6 +30,7 @@ from .kernels import (
 
 PROFILE_STEP = 0.5  # theta spacing of the quintic Hermite table of the control profile
 WALD_STEP = 1.0  # theta spacing of the cubic Hermite table of the control MLE
+FINAL_STEP = 1e-6  # a Newton step this small ends a dispersion search (see _maximise)
 
 
 @njit(cache=True, parallel=True)
@@ -111,11 +112,15 @@ def _objective(theta, state, table, theta_lo, prior_mean, prior_var):
 @njit(cache=True)
 def _maximise(theta0, lo, hi, state, table, theta_lo, prior_mean, prior_var):
     """Maximise the objective over theta in [lo, hi]: Newton steps where it is concave,
-    gradient steps elsewhere, each step halved until the objective does not decrease."""
+    gradient steps elsewhere, each step halved until the objective does not decrease. A
+    Newton step below FINAL_STEP is taken without evaluating its end point: convergence is
+    quadratic there, so the error left is of order FINAL_STEP^2."""
     th = min(max(theta0, lo), hi)
     F, F1, F2 = _objective(th, state, table, theta_lo, prior_mean, prior_var)
     for _ in range(200):
         step = -F1 / F2 if F2 < 0.0 else (1.0 if F1 > 0.0 else -1.0)
+        if F2 < 0.0 and abs(step) < FINAL_STEP:
+            return min(max(th + step, lo), hi)
         step = min(max(step, -2.0), 2.0)
         moved = False
         for _half in range(40):

@@ -221,3 +221,30 @@ def test_spilled_screen_without_counts(tmp_path, tight_memory):
     assert len(table) == 3 and table["pvalue"].isna().all()
     info = pd.read_json(tmp_path / "o" / "run.json", typ="series")["memory"]
     assert info["counts_in_memory"] is False
+
+
+@pytest.mark.parametrize("layout,size_factors", [("csr", "poscounts"), ("csc", "library")])
+def test_resume_mid_read_for_poscounts_and_csc(tmp_path_factory, monkeypatch, layout,
+                                               size_factors):
+    """The read-pass checkpoint also carries poscounts' per-gene log sums, and its position
+    counts genes for a CSC file: an interrupted read resumes to the same table."""
+    import scipy.sparse as sp
+
+    folder = tmp_path_factory.mktemp(layout)
+    adata, _ = simulate.simulate(5_000, 300, 5, seed=5)   # 230k non-zeros: 3 CSC slices
+    if layout == "csc":
+        adata.X = sp.csc_matrix(adata.X)
+    path = str(folder / "s.h5ad")
+    adata.write_h5ad(path)
+    ref = _run(path, folder / "ref", size_factors=size_factors)
+    monkeypatch.setattr(memory, "RECORD_BYTES", 10**9)
+    monkeypatch.setattr(memory, "BLOCK_BYTES", 10**6)
+    monkeypatch.setattr(memory, "CHUNK_BYTES", 10**5)     # many small read chunks
+    monkeypatch.setattr(scan, "CHECKPOINT_SECONDS", 0.0)
+    out = folder / "out"
+    with monkeypatch.context() as m:
+        _interrupt_after(m, summaries.Store, "add", 1)
+        with pytest.raises(KeyboardInterrupt):
+            _run(path, out, size_factors=size_factors, chunk_cells=300)
+    assert int(np.load(os.path.join(str(out) + ".partial", "scan", "position.npy"))[0]) > 0
+    assert_same(_run(path, out, resume=True, size_factors=size_factors, chunk_cells=300), ref)

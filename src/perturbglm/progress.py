@@ -40,8 +40,8 @@ class Progress:
                  f"{rate:.2g} {unit}/s" if rate >= 0.1 or rate == 0 else
                  f"{1 / rate:,.0f} s per {unit.rstrip('s')}")
         tail = (f"{done:,}/{total:,} {unit}  {speed}  "
-                + (f"ETA {_duration(eta)}" if done < total and eta == eta
-                   else f"in {_duration(elapsed)}"))
+                + (f"in {_duration(elapsed)}" if done >= total
+                   else f"ETA {_duration(eta)}" if eta == eta else "ETA --"))
         if self.tty:
             if now - self.last < 0.1 and done < total:
                 return

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import tempfile
 
+import pandas as pd
+
 from . import pipeline
 from .progress import Progress
 from .result import Result
@@ -36,7 +38,11 @@ def de(data, groupby: str, control: str, covariates=(), layer=None, size_factors
             path = os.path.join(tmp, "input.h5ad")
             data.write_h5ad(path)
         folder = out if out is not None else os.path.join(tmp, "result")
-        pipeline.run(path, opts, folder, overwrite=overwrite, resume=resume, progress=bar)
+        written = pipeline.run(path, opts, folder, overwrite=overwrite, resume=resume,
+                               progress=bar)
         if bar:
             bar.close()
-        return Result.read(folder, in_memory=out is None)
+        if out is not None:
+            return Result(written.summary, written.run_info, folder)
+        table = pd.read_parquet(os.path.join(folder, "results.parquet"))
+        return Result(written.summary, written.run_info, table=table)

@@ -61,8 +61,8 @@ def _cmd_de(args) -> int:
         threads=args.threads, fdr=args.fdr)
     bar = None if args.quiet else Progress()
     try:
-        pipeline.run(args.screen, opts, args.out, overwrite=args.overwrite,
-                     resume=args.resume, progress=bar)
+        written = pipeline.run(args.screen, opts, args.out, overwrite=args.overwrite,
+                               resume=args.resume, progress=bar)
     except KeyboardInterrupt:
         if bar:
             bar.close()
@@ -75,7 +75,7 @@ def _cmd_de(args) -> int:
         return 130
     if bar:
         bar.close()
-    _report(Result.read(args.out), args.out)
+    _report(Result(written.summary, written.run_info, args.out), args.out)
     return 0
 
 

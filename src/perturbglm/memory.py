@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from .errors import InputError
 
 DEFAULT = "4G"
-RECORD_BYTES = 12       # a stored non-zero (summaries.RECORD)
-BLOCK_BYTES = 20        # a non-zero of a gene block being fitted: its record + ordered copy
+RECORD_BYTES = 8        # a stored non-zero (summaries.RECORD)
+BLOCK_BYTES = 20        # a non-zero of a gene block being fitted: record, gene, ordered copy
 CHUNK_BYTES = 64        # a non-zero of a read chunk: value and index as read, its record, slack
 CELL_BYTES = 96         # per-cell arrays: totals, group, size factor, offsets, obs codes
 PAIR_BYTES = 160        # per (gene, comparison) of a block: ~20 float64 statistics

@@ -222,8 +222,9 @@ class Blocks:
         if self._last[0] != i:
             self._last = (None, None)
             g0, g1 = self.genes(i)
-            rec = self.store.load(*self.ranges[i])
-            self._last = (i, summaries.build_block(rec, g0, g1, self.cell_group, self.at))
+            cell, gene, y = self.store.load(*self.ranges[i])
+            self._last = (i, summaries.build_block(cell, gene, y, g0, g1, self.cell_group,
+                                                   self.at))
         return self._last[1]
 
 

@@ -25,8 +25,9 @@ CHECKPOINT_SECONDS = 20.0
 
 def _checkpoint(ws, store, position, totals, logsum, done=False):
     store.sync()
-    ws.save_arrays("scan", position=np.array([position]), slab_nnz=store.nnz, totals=totals,
-                   logsum=logsum, done=np.array([done]))
+    ws.save_arrays("scan", position=np.array([position]), slab_nnz=store.nnz,
+                   slab_pieces=store.pieces, totals=totals, logsum=logsum,
+                   done=np.array([done]))
 
 
 def first_pass(f, src, cell_group, store, chunk_nnz, chunk_cells, ws=None,
@@ -41,7 +42,7 @@ def first_pass(f, src, cell_group, store, chunk_nnz, chunk_cells, ws=None,
         position = int(ws.load("scan", "position")[0])
         totals = ws.load("scan", "totals")
         logsum = ws.load("scan", "logsum")
-        store.truncate(ws.load("scan", "slab_nnz"))
+        store.truncate(ws.load("scan", "slab_nnz"), ws.load("scan", "slab_pieces"))
         if bool(ws.load("scan", "done")[0]):
             return totals, (logsum if want_logsum else None)
     last = time.perf_counter()

@@ -22,83 +22,116 @@ from numba import njit
 ATOM_BINS = 32         # size-factor bins per stratum of a large group
 EXACT_UP_TO = 32       # strata with at most this many cells keep one atom per cell
 SLAB_GENES = 64        # genes per slab of the store
-RECORD = np.dtype([("cell", "<i4"), ("gene", "<i4"), ("y", "<i4")])
+RECORD = np.dtype([("cell", "<i4"), ("y", "<i4")])
 
 
 class Store:
-    """Non-zero counts of analysed cells as (cell, gene, count) records, filed by gene slab.
+    """Non-zero counts of analysed cells, filed by gene slab.
 
-    folder=None keeps them in memory; otherwise each slab is an append-only file in `folder`,
-    and `lengths()` / `truncate()` let an interrupted pass resume from its last checkpoint."""
+    Each chunk of the pass adds, per slab, its (cell, count) records ordered by gene (cells in
+    file order within a gene) and the number of records of each of the slab's genes, which
+    restores the gene of every record on loading: 8 bytes per non-zero. folder=None keeps
+    them in memory; otherwise each slab is a pair of append-only files in `folder` (records
+    and per-chunk gene counts), and `truncate()` cuts them back to a checkpoint."""
 
     def __init__(self, n_genes: int, folder: str | None = None):
         self.bounds = np.append(np.arange(0, n_genes, SLAB_GENES), n_genes).astype(np.int64)
         self.n_slabs = self.bounds.size - 1
-        self.slab_of_gene = np.repeat(np.arange(self.n_slabs), np.diff(self.bounds))
+        self.n_genes = n_genes
         self.folder = folder
         self.nnz = np.zeros(self.n_slabs, dtype=np.int64)
+        self.pieces = np.zeros(self.n_slabs, dtype=np.int64)
         self._parts = None if folder else [[] for _ in range(self.n_slabs)]
         self._files = None
         if folder:
             os.makedirs(folder, exist_ok=True)
 
-    def _path(self, s: int) -> str:
-        return os.path.join(self.folder, f"slab{s:05d}.rec")
+    def _paths(self, s: int) -> tuple[str, str]:
+        stem = os.path.join(self.folder, f"slab{s:05d}")
+        return stem + ".rec", stem + ".idx"
+
+    def _width(self, s: int) -> int:
+        return int(self.bounds[s + 1] - self.bounds[s])
 
     def add(self, ptr, minor, data, first: int, by_cell: bool, keep, totals, logsum) -> bool:
         """File the entries of a compressed slice: cell rows first.. with gene indices
         `minor` (CSR, by_cell) or gene columns first.. with cell indices `minor` (CSC).
         Adds every value to totals[cell] and, if logsum is not None, log counts of kept
         cells to logsum[gene]. Returns False, filing nothing, when a value is not a count."""
-        rec, slab_ptr, ok = _split(ptr, minor, data, first, by_cell, keep, self.slab_of_gene,
-                                   self.n_slabs, totals, logsum if logsum is not None
-                                   else np.zeros(0), logsum is not None)
+        rec, gene_ptr, ok = _split(ptr, minor, data, first, by_cell, keep, self.n_genes,
+                                   totals, logsum if logsum is not None else np.zeros(0),
+                                   logsum is not None)
         if not ok:
             return False
         rec = rec.view(RECORD).ravel()
-        for s in np.flatnonzero(np.diff(slab_ptr)):
-            self._put(s, rec[slab_ptr[s]:slab_ptr[s + 1]])
+        for s in range(self.n_slabs):
+            g0, g1 = self.bounds[s], self.bounds[s + 1]
+            if gene_ptr[g1] > gene_ptr[g0]:
+                self._put(s, rec[gene_ptr[g0]:gene_ptr[g1]], np.diff(gene_ptr[g0:g1 + 1]))
         return True
 
-    def _put(self, s: int, rec: np.ndarray) -> None:
+    def _put(self, s: int, rec: np.ndarray, per_gene: np.ndarray) -> None:
         self.nnz[s] += rec.size
+        self.pieces[s] += 1
         if self._parts is not None:
-            self._parts[s].append(rec)
+            self._parts[s].append((rec, per_gene))
             return
         if self._files is None:
-            self._files = [open(self._path(i), "ab") for i in range(self.n_slabs)]
-        rec.tofile(self._files[s])
+            self._files = [tuple(open(p, "ab") for p in self._paths(i))
+                           for i in range(self.n_slabs)]
+        rec.tofile(self._files[s][0])
+        per_gene.astype(np.int64).tofile(self._files[s][1])
 
     def sync(self) -> None:
         """Flush spill files to disk (before a checkpoint records their lengths)."""
         if self._files is not None:
-            for fh in self._files:
-                fh.flush()
-                os.fsync(fh.fileno())
+            for pair in self._files:
+                for fh in pair:
+                    fh.flush()
+                    os.fsync(fh.fileno())
 
     def close(self) -> None:
         if self._files is not None:
-            for fh in self._files:
-                fh.close()
+            for pair in self._files:
+                for fh in pair:
+                    fh.close()
             self._files = None
 
-    def truncate(self, nnz: np.ndarray) -> None:
-        """Cut spill files back to a checkpoint's record counts."""
+    def truncate(self, nnz: np.ndarray, pieces: np.ndarray) -> None:
+        """Cut spill files back to a checkpoint's record and piece counts."""
         self.close()
         for s in range(self.n_slabs):
-            with open(self._path(s), "ab") as fh:
+            rec_path, idx_path = self._paths(s)
+            with open(rec_path, "ab") as fh:
                 fh.truncate(int(nnz[s]) * RECORD.itemsize)
+            with open(idx_path, "ab") as fh:
+                fh.truncate(int(pieces[s]) * self._width(s) * 8)
         self.nnz = np.asarray(nnz, dtype=np.int64).copy()
+        self.pieces = np.asarray(pieces, dtype=np.int64).copy()
 
-    def load(self, s0: int, s1: int) -> np.ndarray:
-        """Records of slabs s0..s1-1, slab by slab in the order they were added."""
-        if self._parts is not None:
-            parts = [p for s in range(s0, s1) for p in self._parts[s]]
-        else:
-            self.close()
-            parts = [np.fromfile(self._path(s), dtype=RECORD, count=int(self.nnz[s]))
-                     for s in range(s0, s1) if self.nnz[s] > 0]
-        return np.concatenate(parts) if parts else np.empty(0, dtype=RECORD)
+    def load(self, s0: int, s1: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(cell, gene, count) of every record of slabs s0..s1-1, slab by slab in the order
+        they were added."""
+        cells, genes, ys = [], [], []
+        for s in range(s0, s1):
+            if self.nnz[s] == 0:
+                continue
+            if self._parts is not None:
+                rec = np.concatenate([r for r, _ in self._parts[s]])
+                per_gene = np.concatenate([c for _, c in self._parts[s]])
+            else:
+                self.close()
+                rec_path, idx_path = self._paths(s)
+                rec = np.fromfile(rec_path, dtype=RECORD, count=int(self.nnz[s]))
+                per_gene = np.fromfile(idx_path, dtype=np.int64,
+                                       count=int(self.pieces[s]) * self._width(s))
+            slab_genes = np.arange(self.bounds[s], self.bounds[s + 1], dtype=np.int32)
+            genes.append(np.repeat(np.tile(slab_genes, int(self.pieces[s])), per_gene))
+            cells.append(rec["cell"])
+            ys.append(rec["y"])
+        if not cells:
+            return (np.empty(0, np.int32),) * 3
+        return np.concatenate(cells), np.concatenate(genes), np.concatenate(ys)
 
     def blocks(self, max_nnz: int, max_slabs: int) -> list[tuple[int, int]]:
         """Consecutive slab ranges of at most max_slabs slabs holding at most max_nnz records
@@ -114,40 +147,39 @@ class Store:
 
 
 @njit(cache=True)
-def _split(ptr, minor, data, first, by_cell, keep, slab_of_gene, n_slabs, totals, logsum,
-           want_logsum):
+def _split(ptr, minor, data, first, by_cell, keep, n_genes, totals, logsum, want_logsum):
     """One pass over a compressed slice: check every value is a count (ok=False at the first
-    that is not), sum cell totals, and split the non-zeros of kept cells by slab, in slice
-    order, as records (an int32 array n x 3: cell, gene, count)."""
-    counts = np.zeros(n_slabs + 1, dtype=np.int64)
+    that is not), sum cell totals, and order the non-zeros of kept cells by gene (slice order
+    within a gene) as (cell, count) records, an int32 array n x 2, with gene_ptr giving each
+    gene's range."""
+    gene_ptr = np.zeros(n_genes + 1, dtype=np.int64)
     for r in range(ptr.shape[0] - 1):
         for e in range(ptr[r], ptr[r + 1]):
             v = data[e]
             if not (v >= 0.0 and v < 2147483648.0 and v == math.floor(v)):
-                return np.empty((0, 3), dtype=np.int32), counts, False
+                return np.empty((0, 2), dtype=np.int32), gene_ptr, False
             cell = first + r if by_cell else minor[e]
             gene = minor[e] if by_cell else first + r
             totals[cell] += v
             if v > 0.0 and keep[cell]:
-                counts[slab_of_gene[gene] + 1] += 1
+                gene_ptr[gene + 1] += 1
                 if want_logsum:
                     logsum[gene] += math.log(v)
-    for s in range(n_slabs):
-        counts[s + 1] += counts[s]
-    pos = counts[:-1].copy()
-    rec = np.empty((counts[n_slabs], 3), dtype=np.int32)
+    for g in range(n_genes):
+        gene_ptr[g + 1] += gene_ptr[g]
+    pos = gene_ptr[:-1].copy()
+    rec = np.empty((gene_ptr[n_genes], 2), dtype=np.int32)
     for r in range(ptr.shape[0] - 1):
         for e in range(ptr[r], ptr[r + 1]):
             v = data[e]
             cell = first + r if by_cell else minor[e]
             gene = minor[e] if by_cell else first + r
             if v > 0.0 and keep[cell]:
-                t = pos[slab_of_gene[gene]]
-                pos[slab_of_gene[gene]] += 1
+                t = pos[gene]
+                pos[gene] += 1
                 rec[t, 0] = cell
-                rec[t, 1] = gene
-                rec[t, 2] = int(v)
-    return rec, counts, True
+                rec[t, 1] = int(v)
+    return rec, gene_ptr, True
 
 
 @dataclass
@@ -276,8 +308,8 @@ def _order(cell, gene, y, g0, n_genes, cell_group, G):
     return ptr, out_y, out_cell
 
 
-def build_block(records: np.ndarray, g0: int, g1: int, cell_group: np.ndarray,
-                at: Atoms) -> GeneBlock:
-    ptr, y, cell = _order(records["cell"], records["gene"], records["y"], g0, g1 - g0,
-                          cell_group, at.G)
+def build_block(cell: np.ndarray, gene: np.ndarray, y: np.ndarray, g0: int, g1: int,
+                cell_group: np.ndarray, at: Atoms) -> GeneBlock:
+    """The block of genes g0..g1-1 from the (cell, gene, count) arrays of Store.load."""
+    ptr, y, cell = _order(cell, gene, y, g0, g1 - g0, cell_group, at.G)
     return GeneBlock(g0=g0, atoms=at, nz_ptr=ptr, nz_y=y, nz_cell=cell)

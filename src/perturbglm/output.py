@@ -89,16 +89,13 @@ def run_record(path, opts, info) -> dict:
     }
 
 
-def _summary_rows(labels, cols, design, genes_index, fdr):
-    n_cells = np.bincount(design.cell_group[design.cell_group >= 0],
-                          minlength=design.n_groups)
-    code = {label: k for k, label in enumerate(design.labels)}
+def _summary_rows(labels, cols, code, n_cells, control_cells, genes_index, fdr):
     for j, label in enumerate(labels):
         g = genes_index.get(label)
         yield {
             "perturbation": label,
             "cells": int(n_cells[code[label]]),
-            "control_cells": int(n_cells[design.control]),
+            "control_cells": control_cells,
             "genes_tested": int(np.isfinite(cols["pvalue"][j]).sum()),
             "de_genes": int((cols["padj"][j] < fdr).sum()),
             "target_measured": g is not None,
@@ -124,6 +121,10 @@ def write(out_dir: str, overwrite: bool, chunks, design, genes, info, opts, path
     genes_index = {}
     for i, g in enumerate(genes):
         genes_index.setdefault(g, i)
+    code = {label: k for k, label in enumerate(design.labels)}
+    n_cells = np.bincount(design.cell_group[design.cell_group >= 0],
+                          minlength=design.n_groups)
+    control_cells = int(n_cells[design.control])
     rows = []
     with staged(out_dir, overwrite) as tmp:
         t1 = time.perf_counter()
@@ -138,7 +139,8 @@ def write(out_dir: str, overwrite: bool, chunks, design, genes, info, opts, path
                            for _, key in COLUMNS]
                 writer.write_table(pa.Table.from_arrays(arrays, schema=schema),
                                    row_group_size=max(n * G, 1))
-                rows.extend(_summary_rows(labels, cols, design, genes_index, opts.fdr))
+                rows.extend(_summary_rows(labels, cols, code, n_cells, control_cells,
+                                          genes_index, opts.fdr))
         summary = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
         summary.to_csv(os.path.join(tmp, "summary.csv"), index=False)
         info["timings"]["write"] = time.perf_counter() - t1

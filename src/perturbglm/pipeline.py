@@ -111,8 +111,13 @@ class Context:
     n_wald: int
 
     @property
+    def max_disp(self) -> np.ndarray:
+        """DESeq2's upper bound on a comparison's dispersion: max(10, its cells)."""
+        return np.maximum(10.0, self.m_cells)
+
+    @property
     def hi(self) -> np.ndarray:
-        return np.log(np.maximum(10.0, self.m_cells))
+        return np.log(self.max_disp)
 
 
 def _context(des, opts, at) -> Context:
@@ -153,13 +158,13 @@ def stage_a(block: summaries.GeneBlock, cx: Context) -> dict:
         start = np.full(bm.shape, math.log(ALPHA_INIT))
     else:
         start = np.repeat(stages.control_optimum(prof, math.log(ALPHA_INIT), cx.lo,
-                                                 float(cx.hi.max()), cx.theta_lo)[:, None],
+                                                 float(cx.hi.max()), cx.theta_lo, args)[:, None],
                           bm.shape[1], axis=1)
     start[~(bm > 0)] = np.nan
     no_prior = np.zeros(cx.dcomps.shape[0])
     th_gene = stages.dispersions(cx.dcomps, start, start, no_prior, cx.lo, cx.hi, b, coef,
                                  prof, cx.theta_lo, args, minmu)
-    disp_gene = np.clip(np.exp(th_gene), MIN_DISP, np.maximum(10.0, cx.m_cells)[None, :])
+    disp_gene = np.clip(np.exp(th_gene), MIN_DISP, cx.max_disp[None, :])
     return {"b": b, "coef": coef, "refit": refit, "prof": prof, "wald_tab": wald_tab,
             "disp_gene": disp_gene.T, "bm": bm.T, "base_mean": base_mean.T,
             "pct_perturbed": pct[:, cx.comps].T, "pct_control": pct[:, ctrl]}
@@ -186,7 +191,6 @@ def stage_b(block: summaries.GeneBlock, a: dict, disp_trend: np.ndarray, prior_v
     """MAP dispersions (DESeq2's rules for the start and for outliers) and Wald tests."""
     args = block.kernel_args()
     minmu = float(cx.opts.min_mu)
-    max_disp = np.maximum(10.0, cx.m_cells)[None, :]
     log_gene = np.log(a["disp_gene"].T)
     log_trend = np.log(disp_trend.T)
     # DESeq2 starts the MAP search at the gene-wise value unless it lies 10x below the trend
@@ -194,7 +198,7 @@ def stage_b(block: summaries.GeneBlock, a: dict, disp_trend: np.ndarray, prior_v
     map_start[~(a["bm"].T > 0)] = np.nan
     th_map = stages.dispersions(cx.dcomps, map_start, log_trend, prior_var, cx.lo, cx.hi,
                                 a["b"], a["coef"], a["prof"], cx.theta_lo, args, minmu)
-    disp = np.clip(np.exp(th_map), MIN_DISP, max_disp)
+    disp = np.clip(np.exp(th_map), MIN_DISP, cx.max_disp[None, :])
     outlier = log_gene > log_trend + 2 * np.sqrt(var_log)[None, :]
     disp = np.where(outlier, np.exp(log_gene), disp)
     theta = np.log(disp)
@@ -313,23 +317,7 @@ def run(path: str, opts: Options, out_dir: str, overwrite: bool = False,
     timings["stage_a"] = time.perf_counter() - t1
 
     t1 = time.perf_counter()
-    n_d = cx.dcomps.size
-    chunk = plan.comps_chunk
-    trend_names = []
-    for c0 in range(0, n_d, chunk):
-        name = f"t{c0:07d}"
-        trend_names.append((c0, min(c0 + chunk, n_d), name))
-        if ws.has(name):
-            continue
-        rows = slice(c0, min(c0 + chunk, n_d))
-        dg = np.concatenate([ws.load(f"a{i:05d}", "disp_gene", rows)
-                             for i in range(len(ranges))], axis=1)
-        bm = np.concatenate([ws.load(f"a{i:05d}", "bm", rows) for i in range(len(ranges))],
-                            axis=1)
-        ws.save_arrays(name, **trend_chunk(dg, bm, cx, c0))
-    prior_var = np.concatenate([ws.load(n, "prior_var") for _, _, n in trend_names])
-    var_log = np.concatenate([ws.load(n, "var_log") for _, _, n in trend_names])
-    kinds = np.concatenate([ws.load(n, "kind") for _, _, n in trend_names])
+    trend_names, prior_var, var_log, kinds = _trends(ws, cx, len(ranges), plan.comps_chunk)
     timings["trend"] = time.perf_counter() - t1
 
     t1 = time.perf_counter()
@@ -373,6 +361,26 @@ def run(path: str, opts: Options, out_dir: str, overwrite: bool = False,
     return written
 
 
+def _trends(ws, cx: Context, n_blocks: int, chunk: int):
+    """Trend and prior of every dispersion comparison, a chunk of comparisons at a time
+    (gathered across the gene blocks' stage A). Returns the chunks' (first, end, name) and
+    the prior variances, squared MADs and fit kinds of all comparisons."""
+    n_d = cx.dcomps.size
+    names = []
+    for c0 in range(0, n_d, chunk):
+        c1 = min(c0 + chunk, n_d)
+        names.append((c0, c1, f"t{c0:07d}"))
+        if ws.has(names[-1][2]):
+            continue
+        dg, bm = (np.concatenate([ws.load(f"a{i:05d}", key, slice(c0, c1))
+                                  for i in range(n_blocks)], axis=1)
+                  for key in ("disp_gene", "bm"))
+        ws.save_arrays(names[-1][2], **trend_chunk(dg, bm, cx, c0))
+    prior_var, var_log, kinds = (np.concatenate([ws.load(n, key) for _, _, n in names])
+                                 for key in ("prior_var", "var_log", "kind"))
+    return names, prior_var, var_log, kinds
+
+
 def _table_chunks(ws, cx: Context, ranges, trend_names, step, progress):
     """Yield (comparison labels, dict of comparisons x genes arrays) in label order."""
     n_c = cx.comps.size
@@ -384,8 +392,7 @@ def _table_chunks(ws, cx: Context, ranges, trend_names, step, progress):
         return np.concatenate([ws.load(f"{prefix}{i:05d}", key, rows) for i in blocks],
                               axis=1)
 
-    trend_rows = np.concatenate([ws.load(n, "disp_trend", slice(0, 1)) for _, _, n in
-                                 trend_names[:1]]) if glob else None
+    global_trend = ws.load(trend_names[0][2], "disp_trend") if glob else None
     pct_control = np.concatenate([ws.load(f"a{i:05d}", "pct_control") for i in blocks])
     if progress:
         progress("writing", 0, n_c, "perturbations")
@@ -403,7 +410,7 @@ def _table_chunks(ws, cx: Context, ranges, trend_names, step, progress):
             cols["disp"] = np.repeat(gather("b", "disp", slice(0, 1)), n, axis=0)
             cols["disp"][~(cols["base_mean"] > 0)] = np.nan
             cols["disp_gene"] = np.repeat(gather("a", "disp_gene", slice(0, 1)), n, axis=0)
-            cols["disp_trend"] = np.repeat(trend_rows, n, axis=0)
+            cols["disp_trend"] = np.repeat(global_trend, n, axis=0)
         else:
             cols["disp"] = gather("b", "disp", rows)
             cols["disp_gene"] = gather("a", "disp_gene", rows)

@@ -104,7 +104,7 @@ class Screen:
         })
 
     def chunks(self, seed: int, chunk_cells: int = CHUNK_CELLS):
-        """Yield CSR chunks (float32 counts) of consecutive cells."""
+        """Yield (first cell, CSR chunk of float32 counts) over consecutive cells."""
         n_cells, n_genes = self.group.size, self.genes.size
         log_effect = np.vstack([np.zeros(n_genes), self.lfc * np.log(2)])
         r = 1.0 / self.disp
@@ -121,7 +121,7 @@ class Screen:
             data = np.empty(indptr[-1], dtype=np.float32)
             indices = np.empty(indptr[-1], dtype=np.int32)
             _compact(buf[:stop - start], indptr, data, indices)
-            yield sp.csr_matrix((data, indices, indptr), shape=(stop - start, n_genes))
+            yield start, sp.csr_matrix((data, indices, indptr), shape=(stop - start, n_genes))
 
 
 def draw(n_cells: int, n_genes: int, n_perturbations: int, seed: int = 0,
@@ -159,7 +159,7 @@ def simulate(n_cells: int, n_genes: int, n_perturbations: int, seed: int = 0, **
     import anndata as ad
 
     screen = draw(n_cells, n_genes, n_perturbations, seed, **kwargs)
-    X = sp.vstack(list(screen.chunks(seed)), format="csr")
+    X = sp.vstack([chunk for _, chunk in screen.chunks(seed)], format="csr")
     return ad.AnnData(X=X, obs=screen.obs(), var=screen.var()), screen.truth()
 
 
@@ -182,8 +182,7 @@ def write(path: str, n_cells: int, n_genes: int, n_perturbations: int, seed: int
         indices = X.create_dataset("indices", (0,), dtype=np.int32, maxshape=(None,),
                                    chunks=(1 << 18,))
         indptr = np.zeros(n_cells + 1, dtype=np.int64)
-        for chunk_index, chunk in enumerate(screen.chunks(seed)):
-            start = chunk_index * CHUNK_CELLS
+        for start, chunk in screen.chunks(seed):
             n = data.shape[0]
             data.resize((n + chunk.nnz,))
             indices.resize((n + chunk.nnz,))

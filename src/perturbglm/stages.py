@@ -139,25 +139,15 @@ def _maximise(theta0, lo, hi, state, table, theta_lo, prior_mean, prior_var):
 
 
 @njit(cache=True, parallel=True)
-def control_optimum(prof, theta0, lo, hi, theta_lo):
+def control_optimum(prof, theta0, lo, hi, theta_lo, data):
     """Per gene, the theta that maximises the control group's tabulated profile alone. Every
     comparison's gene-wise search starts there: the control cells, usually far more than a
     perturbation's, dominate the comparison's profile, so few Newton steps remain."""
     n_genes = prof.shape[0]
     out = np.empty(n_genes)
-    nothing = (
-        np.zeros(1, dtype=np.int64),
-        np.empty(0),
-        np.empty(0),
-        np.empty(0),
-        np.zeros(1, dtype=np.int64),
-        np.empty(0),
-        np.empty((0, 3)),
-        np.zeros(1, dtype=np.int64),
-        np.empty(0),
-        np.empty((1, 0)),
-    )
+    no_groups = np.empty(0, dtype=np.int64)
     for g in prange(n_genes):
+        nothing = fixed_mu(no_groups, np.empty(0), np.zeros(0), g, data, 0.0)
         out[g] = _maximise(theta0, lo, hi, nothing, prof[g], theta_lo, 0.0, 0.0)
     return out
 

@@ -48,11 +48,9 @@ def _add_de(sub):
 
 def _cmd_de(args) -> int:
     from . import pipeline
-    from .output import check_destination
     from .progress import Progress
     from .result import Result
 
-    check_destination(args.out, args.overwrite)
     opts = pipeline.Options(
         groupby=args.groupby, control=args.control,
         covariates=[c for c in args.covariates.split(",") if c], layer=args.layer,

@@ -53,6 +53,24 @@ def _sigmoid_terms(am):
 
 
 @njit(cache=True)
+def atom_moments(g, k, data):
+    """The counts of gene g in group k summed per atom of the group (rows in atom order),
+    with their first and second moments in the cells' log size-factor deviations from the
+    atom's mean (Y0, Y1, Y2)."""
+    first = data.atom_ptr[k]
+    moments = np.zeros((data.atom_ptr[k + 1] - first, 3))
+    for e in range(data.nz_ptr[g * data.G + k], data.nz_ptr[g * data.G + k + 1]):
+        cell = data.nz_cell[e]
+        j = data.cell_atom[cell] - first
+        d = data.cell_logs[cell] - data.atom_logs[first + j]
+        y = float(data.nz_y[e])
+        moments[j, 0] += y
+        moments[j, 1] += y * d
+        moments[j, 2] += y * d * d
+    return moments
+
+
+@njit(cache=True)
 def fixed_mu(ks, bk, c, g, data, minmu):
     """Everything the Cox-Reid profile of gene g in groups ks needs once mu is held fixed
     (intercepts bk):
@@ -92,16 +110,10 @@ def fixed_mu(ks, bk, c, g, data, minmu):
             a_mu[t] = max(raw, minmu)
             a_w[t] = data.atom_w[j]
             a_w2[t] = 0.0 if floored[j - first] else data.atom_w2[j]
-        moments = np.zeros((n_a, 3))
+        moments = atom_moments(g, k, data)
         big_ptr[i + 1] = big_ptr[i]
         for e in range(data.nz_ptr[g * data.G + k], data.nz_ptr[g * data.G + k + 1]):
-            cell = data.nz_cell[e]
-            j = data.cell_atom[cell] - first
-            d = data.cell_logs[cell] - data.atom_logs[first + j]
             y = float(data.nz_y[e])
-            moments[j, 0] += y
-            moments[j, 1] += y * d
-            moments[j, 2] += y * d * d
             if y <= SMALL_COUNT:
                 for m in range(int(y)):
                     tail[i, m] += 1.0
@@ -118,6 +130,80 @@ def fixed_mu(ks, bk, c, g, data, minmu):
                 t += 1
         e_ptr[i + 1] = t
     return a_ptr, a_mu, a_w, a_w2, e_ptr, e_mu, e_y, big_ptr, big_y, tail
+
+
+@njit(cache=True)
+def _atom_sums(am, w, w2):
+    """Second-order sums over an atom's w cells (spread w2) of u and of q, q^2, q^3 (see
+    _sigmoid_terms) at lambda = log(a mu): the atom's zero-count log-likelihood is -U/a, its
+    weight sum_i mu_i/(1 + a mu_i) is Q1/a, and its theta derivatives are -Q2/a and
+    (2 Q3 - Q2)/a."""
+    h = 0.5 * w2
+    u, q, p, k, _ = _sigmoid_terms(am)
+    return (w * u + h * p, w * q + h * k, w * q * q + h * (2.0 * p * p + 2.0 * q * k),
+            w * q * q * q + h * (6.0 * q * p * p + 3.0 * q * q * k))
+
+
+@njit(cache=True)
+def schur_terms(theta, a_ptr, a_mu, a_w, a_w2, a_z):
+    """The covariate part of DESeq2's Cox-Reid term for the groups of a `fixed_mu` state
+    (a_z: the covariate rows of its atoms, from `atoms_z`). With an intercept per group and
+    shared coefficients c, the information X'WX has a diagonal intercept block, so
+    log det X'WX = sum_k log D_k + log det S, S = sum_k (C_k - B_k B_k' / D_k), where D_k,
+    B_k and C_k sum w, w z and w z z' over group k's cells. Returns S and its first two
+    theta derivatives, stacked (3 x q x q); `profile` holds the sum_k log D_k part."""
+    q = a_z.shape[1]
+    a = math.exp(theta)
+    r = 1.0 / a
+    S = np.zeros((3, q, q))
+    D = np.zeros(3)
+    B = np.zeros((3, q))
+    C = np.zeros((3, q, q))
+    wt = np.zeros(3)
+    for i in range(a_ptr.shape[0] - 1):
+        D[:] = 0.0
+        B[:] = 0.0
+        C[:] = 0.0
+        for t in range(a_ptr[i], a_ptr[i + 1]):
+            _, Q1, Q2, Q3 = _atom_sums(a * a_mu[t], a_w[t], a_w2[t])
+            wt[0] = r * Q1
+            wt[1] = -r * Q2
+            wt[2] = r * (2.0 * Q3 - Q2)
+            for d in range(3):
+                D[d] += wt[d]
+                for u in range(q):
+                    wz = wt[d] * a_z[t, u]
+                    B[d, u] += wz
+                    for v in range(q):
+                        C[d, u, v] += wz * a_z[t, v]
+        if D[0] <= 0.0:
+            continue
+        for u in range(q):
+            for v in range(q):
+                bb = B[0, u] * B[0, v]
+                cross = B[1, u] * B[0, v] + B[0, u] * B[1, v]
+                S[0, u, v] += C[0, u, v] - bb / D[0]
+                S[1, u, v] += C[1, u, v] - cross / D[0] + bb * D[1] / D[0] ** 2
+                S[2, u, v] += (C[2, u, v] - (B[2, u] * B[0, v] + B[0, u] * B[2, v]
+                                             + 2.0 * B[1, u] * B[1, v]) / D[0]
+                               + 2.0 * cross * D[1] / D[0] ** 2
+                               + bb * (D[2] / D[0] ** 2 - 2.0 * D[1] ** 2 / D[0] ** 3))
+    return S
+
+
+@njit(cache=True)
+def atoms_z(ks, data):
+    """The covariate rows of the atoms of groups ks, in `fixed_mu`'s order."""
+    n = 0
+    for k in ks:
+        n += data.atom_ptr[k + 1] - data.atom_ptr[k]
+    out = np.empty((n, data.atom_z.shape[1]))
+    t = 0
+    for k in ks:
+        m = data.atom_ptr[k + 1] - data.atom_ptr[k]
+        out[t:t + m] = data.atom_z[data.atom_ptr[k]:data.atom_ptr[k + 1]]
+        t += m
+    return out
 
 
 @njit(cache=True)
@@ -143,13 +229,7 @@ def profile(theta, a_ptr, a_mu, a_w, a_w2, e_ptr, e_mu, e_y, big_ptr, big_y, tai
         V1 = 0.0
         V2 = 0.0
         for t in range(a_ptr[i], a_ptr[i + 1]):
-            w = a_w[t]
-            h = 0.5 * a_w2[t]
-            u, q, p, k, _ = _sigmoid_terms(a * a_mu[t])
-            U = w * u + h * p
-            Q1 = w * q + h * k
-            Q2 = w * q * q + h * (2.0 * p * p + 2.0 * q * k)
-            Q3 = w * q * q * q + h * (6.0 * q * p * p + 3.0 * q * q * k)
+            U, Q1, Q2, Q3 = _atom_sums(a * a_mu[t], a_w[t], a_w2[t])
             f -= r * U
             f1 += r * (U - Q1)
             f2 += r * (Q1 + Q2 - U)
@@ -194,13 +274,44 @@ def profile(theta, a_ptr, a_mu, a_w, a_w2, e_ptr, e_mu, e_y, big_ptr, big_y, tai
 
 
 @njit(cache=True)
+def _atom_terms(raw, w, w2, a, minmu):
+    """The zero-count terms of an atom whose unfloored mean (at its mean log size factor) is
+    raw: Q1 = its Fisher weight, the sum over its cells of mu/(1 + a mu); Q2 = -dQ1/dtheta;
+    P = the observed information of its log mean; gap. A mean floored at minmu no longer
+    moves (nor with the size factor: no expansion terms), and its cells add DESeq2's IRLS
+    working-response term Q1 * gap, gap = log(minmu / raw), to the score: the fits reach
+    the fixed point of DESeq2's IRLS, in which floored means keep their weight."""
+    free = raw >= minmu
+    h = 0.5 * w2 if free else 0.0
+    _, q, p, k, kk = _sigmoid_terms(a * max(raw, minmu))
+    r = 1.0 / a
+    Q1 = r * (w * q + h * k)
+    Q2 = r * (w * q * q + h * (2.0 * p * p + 2.0 * q * k))
+    if free:
+        return Q1, Q2, r * (w * p + h * kk), 0.0
+    return Q1, Q2, Q1, math.log(minmu / raw)
+
+
+@njit(cache=True)
+def _count_terms(raw, y, a, minmu):
+    """The non-zero terms of an atom with counts y = (Y0, Y1, Y2) (see fixed_mu) at unfloored
+    mean raw: their score, the observed information (0 when floored) and the score's theta
+    derivative."""
+    free = raw >= minmu
+    y0 = y[0]
+    y1 = y[1] if free else 0.0
+    y2 = 0.5 * y[2] if free else 0.0
+    _, q, p, k, kk = _sigmoid_terms(a * max(raw, minmu))
+    Sp = y0 * p + y1 * k + y2 * kk
+    return y0 - (y0 * q + y1 * p + y2 * k), Sp if free else 0.0, -Sp
+
+
+@njit(cache=True)
 def _score_terms(b, a, a_ptr, a_base, a_w, a_w2, e_ptr, e_base, e_y, minmu):
     """Score, observed information, Fisher information and their theta derivatives for the
     intercept b of the single group of a `fixed_mu` state built at b = 0 with no floor
-    (so mu = exp(b) * base), at dispersion a; mu floored at minmu no longer moves with b
-    (nor with the size factor: no expansion terms)."""
+    (so mu = exp(b) * base), at dispersion a."""
     eb = math.exp(b)
-    r = 1.0 / a
     score = 0.0
     hess = 0.0
     fisher = 0.0
@@ -208,33 +319,19 @@ def _score_terms(b, a, a_ptr, a_base, a_w, a_w2, e_ptr, e_base, e_y, minmu):
     f_theta = 0.0
     f_b = 0.0
     for t in range(a_ptr[0], a_ptr[1]):
-        raw = eb * a_base[t]
-        free = raw >= minmu
-        w = a_w[t]
-        h = 0.5 * a_w2[t] if free else 0.0
-        _, q, p, k, kk = _sigmoid_terms(a * max(raw, minmu))
-        Q1 = r * (w * q + h * k)
-        Q2 = r * (w * q * q + h * (2.0 * p * p + 2.0 * q * k))
-        score -= Q1
+        Q1, Q2, P, gap = _atom_terms(eb * a_base[t], a_w[t], a_w2[t], a, minmu)
+        score += Q1 * (gap - 1.0)
         fisher += Q1
-        s_theta += Q2
+        s_theta += Q2 * (1.0 - gap)
         f_theta -= Q2
-        if free:
-            P = r * (w * p + h * kk)
-            hess += P
+        hess += P
+        if gap == 0.0:
             f_b += P
     for t in range(e_ptr[0], e_ptr[1]):
-        raw = eb * e_base[t]
-        free = raw >= minmu
-        y0 = e_y[t, 0]
-        y1 = e_y[t, 1] if free else 0.0
-        y2 = 0.5 * e_y[t, 2] if free else 0.0
-        _, q, p, k, kk = _sigmoid_terms(a * max(raw, minmu))
-        Sp = y0 * p + y1 * k + y2 * kk
-        score += y0 - (y0 * q + y1 * p + y2 * k)
-        s_theta -= Sp
-        if free:
-            hess += Sp
+        sc, obs, sc_theta = _count_terms(eb * e_base[t], e_y[t], a, minmu)
+        score += sc
+        hess += obs
+        s_theta += sc_theta
     return score, hess, fisher, s_theta, f_theta, f_b
 
 
@@ -292,81 +389,103 @@ BETA_BOUND = 30.0  # DESeq2's bound on coefficients (natural log scale)
 
 
 @njit(cache=True)
-def covariate_fit(theta, use, g, data, minmu):
-    """Joint MLE, at fixed dispersion, of one intercept per group in `use` (a boolean mask)
-    and covariate coefficients c shared by those groups' cells, by Fisher scoring. The
-    intercept block of the information is diagonal, so each step solves a q x q Schur
-    complement: one visit of every atom and non-zero of the groups per iteration.
+def group_moments(g, ks, data):
+    """`atom_moments` of gene g for the groups ks, stacked in that order."""
+    n = 0
+    for k in ks:
+        n += data.atom_ptr[k + 1] - data.atom_ptr[k]
+    mom = np.empty((n, 3))
+    t = 0
+    for k in ks:
+        m = atom_moments(g, k, data)
+        mom[t:t + m.shape[0]] = m
+        t += m.shape[0]
+    return mom
 
-    Returns (c, bounded): bounded is True when a coefficient ran to +-BETA_BOUND, i.e. the
-    cells could not identify it (a covariate stratum without counts)."""
+
+@njit(cache=True)
+def joint_terms(theta, ks, mom, b, c, data, minmu):
+    """Score and Fisher information of the joint model of the groups ks (one intercept b[i]
+    per group, covariate coefficients c shared by their cells) at dispersion exp(theta),
+    with the counts summed per atom (mom, from `group_moments`). The intercept block of the
+    information is diagonal: returned as D (n), B (n x q) and C (q x q), with the scores of
+    b and c."""
+    n = ks.shape[0]
     q = data.atom_z.shape[1]
-    b = np.empty(data.G)
-    c = np.zeros(q)
-    active = use.copy()
-    for k in range(data.G):
-        if active[k]:
-            b[k] = group_mle(theta, c, g, k, data, minmu,
-                             np.nan)[0]
-            active[k] = np.isfinite(b[k])
     a = math.exp(theta)
-    D = np.zeros(data.G)
-    B = np.zeros((data.G, q))
-    sb = np.zeros(data.G)
+    D = np.zeros(n)
+    B = np.zeros((n, q))
+    C = np.zeros((q, q))
+    sb = np.zeros(n)
+    sc = np.zeros(q)
+    t = 0
+    for i in range(n):
+        for j in range(data.atom_ptr[ks[i]], data.atom_ptr[ks[i] + 1]):
+            z = data.atom_z[j]
+            raw = math.exp(b[i] + _offset(data.atom_logs[j], z, c))
+            Q1, _, _, gap = _atom_terms(raw, data.atom_w[j], data.atom_w2[j], a, minmu)
+            s = Q1 * (gap - 1.0)
+            if mom[t, 0] > 0.0:
+                s += _count_terms(raw, mom[t], a, minmu)[0]
+            t += 1
+            D[i] += Q1
+            sb[i] += s
+            for u in range(q):
+                B[i, u] += Q1 * z[u]
+                sc[u] += s * z[u]
+                for v in range(q):
+                    C[u, v] += Q1 * z[u] * z[v]
+    return D, B, C, sb, sc
+
+
+@njit(cache=True)
+def joint_fit(theta, ks, mom, b, c, data, minmu):
+    """Joint fit of `joint_terms`' model from (b, c) by Fisher scoring, i.e. DESeq2's IRLS,
+    whose fixed point it reaches (Newton's method on the observed information oscillates on
+    flat likelihoods: one count at a dispersion of 50). Each step solves the q x q Schur
+    complement of the diagonal intercept block. Steps are capped at 5 and coefficients at
+    +-BETA_BOUND.
+
+    Returns (b, c, bounded): bounded is True when a coefficient ran to its bound, i.e. the
+    cells could not identify it (a covariate stratum without counts)."""
+    b = b.copy()
+    c = c.copy()
+    q = c.shape[0]
     for _ in range(200):
-        C = np.zeros((q, q))
-        sc = np.zeros(q)
-        S = np.zeros((q, q))
-        rhs = np.zeros(q)
-        for k in range(data.G):
-            if not active[k]:
-                continue
-            D[k] = 0.0
-            B[k] = 0.0
-            sb[k] = 0.0
-            for j in range(data.atom_ptr[k], data.atom_ptr[k + 1]):
-                z = data.atom_z[j]
-                raw = math.exp(b[k] + _offset(data.atom_logs[j], z, c))
-                h = 0.5 * data.atom_w2[j] if raw >= minmu else 0.0
-                _, qa, _, ka, _ = _sigmoid_terms(a * max(raw, minmu))
-                v = (data.atom_w[j] * qa + h * ka) / a
-                D[k] += v
-                B[k] += v * z
-                C += v * np.outer(z, z)
-                sb[k] -= v
-                sc -= v * z
-            for e in range(data.nz_ptr[g * data.G + k], data.nz_ptr[g * data.G + k + 1]):
-                z = data.cell_z[data.nz_cell[e]]
-                mu = max(math.exp(b[k] + _offset(data.cell_logs[data.nz_cell[e]], z, c)), minmu)
-                t = data.nz_y[e] / (1.0 + a * mu)
-                sb[k] += t
-                sc += t * z
-            S -= np.outer(B[k], B[k]) / D[k]
-            rhs -= B[k] * sb[k] / D[k]
-        S += C
-        rhs += sc
+        D, B, C, sb, sc = joint_terms(theta, ks, mom, b, c, data, minmu)
+        S = C.copy()
+        rhs = sc.copy()
+        for i in range(ks.shape[0]):
+            S -= np.outer(B[i], B[i]) / D[i]
+            rhs -= B[i] * sb[i] / D[i]
         for d in range(q):
             S[d, d] += 1e-10
         dc = np.linalg.solve(S, rhs)
         big = np.max(np.abs(dc)) if q > 0 else 0.0
-        for k in range(data.G):
-            if active[k]:
-                big = max(big, abs((sb[k] - np.dot(B[k], dc)) / D[k]))
+        db = (sb - B @ dc) / D
+        big = max(big, np.max(np.abs(db)))
         shrink = 5.0 / big if big > 5.0 else 1.0
-        for k in range(data.G):
-            if active[k]:
-                db = (sb[k] - np.dot(B[k], dc)) / D[k]
-                b[k] = min(max(b[k] + shrink * db, -BETA_BOUND), BETA_BOUND)
-        for d in range(q):
-            c[d] = min(max(c[d] + shrink * dc[d], -BETA_BOUND), BETA_BOUND)
+        b = np.minimum(np.maximum(b + shrink * db, -BETA_BOUND), BETA_BOUND)
+        c = np.minimum(np.maximum(c + shrink * dc, -BETA_BOUND), BETA_BOUND)
         if big < 1e-10:
             break
-    bounded = False
+    bounded = np.any(np.abs(b) >= BETA_BOUND) or np.any(np.abs(c) >= BETA_BOUND)
+    return b, c, bounded
+
+
+@njit(cache=True)
+def contrast_variance(D, B, C):
+    """Variance of b[1] - b[0] from the joint information (D, B, C) of `joint_terms`: the
+    inverse information of the intercepts is diag(1/D) + U S^-1 U' with U = B / D and S
+    the Schur complement C - B' diag(1/D) B."""
+    q = C.shape[0]
+    S = C.copy()
+    for i in range(D.shape[0]):
+        S -= np.outer(B[i], B[i]) / D[i]
     for d in range(q):
-        bounded = bounded or abs(c[d]) >= BETA_BOUND
-    for k in range(data.G):
-        bounded = bounded or (active[k] and abs(b[k]) >= BETA_BOUND)
-    return c, bounded
+        S[d, d] += 1e-10
+    u = B[1] / D[1] - B[0] / D[0]
+    return 1.0 / D[0] + 1.0 / D[1] + (np.dot(u, np.linalg.solve(S, u)) if q > 0 else 0.0)
 
 
 # --- interpolation of per-gene control tables over a uniform theta grid -------------------

@@ -145,9 +145,9 @@ def stage_a(block: summaries.GeneBlock, cx: Context) -> dict:
     ctrl = cx.des.control
     minmu = float(cx.opts.min_mu)
     group_n = cx.atoms.group_n
-    b, coef, refit = stages.initial_fit(math.log(ALPHA_INIT), ctrl, group_n, args, minmu)
-    prof, wald_tab = stages.control_tables(cx.theta_lo, cx.n_prof, cx.n_wald, ctrl, b, coef,
-                                           args, minmu)
+    b, coef = stages.initial_fit(math.log(ALPHA_INIT), ctrl, group_n, args)
+    prof, schur, wald_tab = stages.control_tables(cx.theta_lo, cx.n_prof, cx.n_wald, ctrl, b,
+                                                  coef, args, minmu)
     n_nz = np.diff(block.nz_ptr).reshape(-1, cx.des.n_groups)
     norm = block.group_sums(block.nz_y * np.exp(-cx.atoms.cell_logs[block.nz_cell]))
     pct = 100.0 * n_nz / group_n[None, :]
@@ -157,15 +157,16 @@ def stage_a(block: summaries.GeneBlock, cx: Context) -> dict:
     if cx.dcomps[0] < 0:
         start = np.full(bm.shape, math.log(ALPHA_INIT))
     else:
-        start = np.repeat(stages.control_optimum(prof, math.log(ALPHA_INIT), cx.lo,
+        start = np.repeat(stages.control_optimum(prof, schur, math.log(ALPHA_INIT), cx.lo,
                                                  float(cx.hi.max()), cx.theta_lo, args)[:, None],
                           bm.shape[1], axis=1)
     start[~(bm > 0)] = np.nan
     no_prior = np.zeros(cx.dcomps.shape[0])
     th_gene = stages.dispersions(cx.dcomps, start, start, no_prior, cx.lo, cx.hi, b, coef,
-                                 prof, cx.theta_lo, args, minmu)
+                                 prof, schur, cx.theta_lo, args, minmu)
     disp_gene = np.clip(np.exp(th_gene), MIN_DISP, cx.max_disp[None, :])
-    return {"b": b, "coef": coef, "refit": refit, "prof": prof, "wald_tab": wald_tab,
+    return {"b": b, "coef": coef, "prof": prof, "schur": schur,
+            "wald_tab": wald_tab,
             "disp_gene": disp_gene.T, "bm": bm.T, "base_mean": base_mean.T,
             "pct_perturbed": pct[:, cx.comps].T, "pct_control": pct[:, ctrl]}
 
@@ -197,7 +198,8 @@ def stage_b(block: summaries.GeneBlock, a: dict, disp_trend: np.ndarray, prior_v
     map_start = np.where(log_gene > log_trend + math.log(0.1), log_gene, log_trend)
     map_start[~(a["bm"].T > 0)] = np.nan
     th_map = stages.dispersions(cx.dcomps, map_start, log_trend, prior_var, cx.lo, cx.hi,
-                                a["b"], a["coef"], a["prof"], cx.theta_lo, args, minmu)
+                                a["b"], a["coef"], a["prof"], a["schur"], cx.theta_lo, args,
+                                minmu)
     disp = np.clip(np.exp(th_map), MIN_DISP, cx.max_disp[None, :])
     outlier = log_gene > log_trend + 2 * np.sqrt(var_log)[None, :]
     disp = np.where(outlier, np.exp(log_gene), disp)
@@ -205,7 +207,7 @@ def stage_b(block: summaries.GeneBlock, a: dict, disp_trend: np.ndarray, prior_v
     if cx.dcomps[0] < 0:
         theta = np.repeat(theta, cx.comps.size, axis=1)
         theta[~(a["base_mean"].T > 0)] = np.nan
-    lfc, se = stages.wald(cx.comps, cx.des.control, theta, a["coef"], a["wald_tab"],
+    lfc, se = stages.wald(cx.comps, cx.des.control, theta, a["b"], a["coef"], a["wald_tab"],
                           cx.theta_lo, args, minmu)
     return {"disp": disp.T, "lfc": lfc.T / math.log(2), "se": se.T / math.log(2)}
 
@@ -325,7 +327,7 @@ def run(path: str, opts: Options, out_dir: str, overwrite: bool = False,
         if not ws.has(f"b{i:05d}"):
             g0, g1 = blocks.genes(i)
             a = {k: ws.load(f"a{i:05d}", k) for k in
-                 ("b", "coef", "prof", "wald_tab", "disp_gene", "bm", "base_mean")}
+                 ("b", "coef", "prof", "schur", "wald_tab", "disp_gene", "bm", "base_mean")}
             dt = np.concatenate([ws.load(n, "disp_trend", cols=slice(g0, g1))
                                  for _, _, n in trend_names], axis=0)
             ws.save_arrays(f"b{i:05d}", **stage_b(blocks.get(i), a, dt, prior_var, var_log,
@@ -335,14 +337,12 @@ def run(path: str, opts: Options, out_dir: str, overwrite: bool = False,
     timings["stage_b"] = time.perf_counter() - t1
     store.close()
 
-    refit = np.concatenate([ws.load(f"a{i:05d}", "refit") for i in range(len(ranges))])
     labels = np.array(des.labels, dtype=object)
     info = {
         "trend_fit": dict(zip([str(x) for x in (labels[cx.comps] if cx.dcomps[0] >= 0
                                                 else ["all"])],
                               [str(k) for k in kinds], strict=True)),
         "prior_variance": [float(x) for x in prior_var],
-        "genes_with_covariates_from_all_cells": [str(x) for x in genes[refit]],
         "renamed_genes": renamed,
         "n_cells": int(src.n_cells), "n_genes": int(src.n_genes), "matrix": src.key,
         "layout": src.layout, "cells_without_counts": int(empty.sum()),

@@ -2,9 +2,10 @@
 
 1. `initial_fit`: the means that DESeq2 holds fixed while it estimates dispersions. With no
    covariates, DESeq2's linear-model mean (the group mean of normalised counts); with
-   covariates, an NB fit at the initial dispersion: covariate coefficients from the control
-   cells (from all cells, with an intercept per group, for a gene whose control cells cannot
-   identify them), then each group's intercept with those coefficients as offset.
+   covariates, as DESeq2, an NB fit at the initial dispersion by its IRLS with means floored
+   at INITIAL_MINMU: covariate coefficients from the control cells, then each group's
+   intercept with those coefficients as offset (DESeq2 fits the coefficients on each
+   comparison's cells; the control's dominate them).
 2. `control_tables`: the control group's contribution, tabulated once per gene over a theta
    grid, so that no comparison revisits the control cells (DESIGN.md section 3).
 3. `dispersions`: the Cox-Reid adjusted dispersion MLE of each (gene, comparison), and
@@ -18,68 +19,78 @@ import numpy as np
 from numba import njit, prange
 
 from .kernels import (
+    atoms_z,
     base_state,
-    covariate_fit,
+    contrast_variance,
     cubic_hermite,
     fixed_mu,
     group_mle,
+    group_moments,
+    joint_fit,
+    joint_terms,
     mle,
     profile,
     quintic_hermite,
+    schur_terms,
 )
 
 PROFILE_STEP = 0.5  # theta spacing of the quintic Hermite table of the control profile
 WALD_STEP = 1.0  # theta spacing of the cubic Hermite table of the control MLE
 FINAL_STEP = 1e-6  # a Newton step this small ends a dispersion search (see _maximise)
+INITIAL_MINMU = 0.5  # the floor of DESeq2's IRLS (fitNbinomGLMs) in its initial fit
 
 
 @njit(cache=True, parallel=True)
-def initial_fit(theta0, control, group_n, data, minmu):
-    """Returns b (genes x groups), covariate coefficients c (genes x q) and which genes
-    needed all cells to identify c."""
+def initial_fit(theta0, control, group_n, data):
+    """Returns b (genes x groups) and covariate coefficients c (genes x q)."""
     n_genes = (data.nz_ptr.shape[0] - 1) // data.G
     q = data.atom_z.shape[1]
     b = np.empty((n_genes, data.G))
     coef = np.zeros((n_genes, q))
-    refit = np.zeros(n_genes, dtype=np.bool_)
-    only_control = np.zeros(data.G, dtype=np.bool_)
-    only_control[control] = True
-    every_group = np.ones(data.G, dtype=np.bool_)
+    ks = np.full(1, control, dtype=np.int64)
     for g in prange(n_genes):
         if q > 0:
-            c, bounded = covariate_fit(theta0, only_control, g, data, minmu)
-            if bounded:
-                c, _ = covariate_fit(theta0, every_group, g, data, minmu)
-                refit[g] = True
-            coef[g] = c
+            b0 = group_mle(theta0, coef[g], g, control, data, INITIAL_MINMU, np.nan)[0]
+            if np.isfinite(b0):
+                coef[g] = joint_fit(theta0, ks, group_moments(g, ks, data), np.full(1, b0),
+                                    coef[g], data, INITIAL_MINMU)[1]
             for k in range(data.G):
-                b[g, k] = group_mle(theta0, c, g, k, data, minmu, np.nan)[0]
+                b[g, k] = group_mle(theta0, coef[g], g, k, data, INITIAL_MINMU, np.nan)[0]
         else:
             for k in range(data.G):
                 norm = 0.0
                 for e in range(data.nz_ptr[g * data.G + k], data.nz_ptr[g * data.G + k + 1]):
                     norm += data.nz_y[e] * math.exp(-data.cell_logs[data.nz_cell[e]])
                 b[g, k] = math.log(norm / group_n[k]) if norm > 0.0 else -np.inf
-    return b, coef, refit
+    return b, coef
 
 
 @njit(cache=True, parallel=True)
 def control_tables(theta_lo, n_prof, n_wald, control, b, coef, data, minmu):
-    """Control profile (value, d1, d2) on theta_lo + j*PROFILE_STEP and control MLE
-    (b, db, fisher, dfisher) on theta_lo + j*WALD_STEP, for every gene."""
+    """Control profile (value, d1, d2) and, with covariates, its Schur complement (S, S1, S2,
+    see `schur_terms`) on theta_lo + j*PROFILE_STEP; control MLE (b, db, fisher, dfisher) on
+    theta_lo + j*WALD_STEP (for designs without covariates), for every gene."""
     n_genes = b.shape[0]
+    q = data.atom_z.shape[1]
     prof = np.zeros((n_genes, 3, n_prof))
-    wald = np.zeros((n_genes, 4, n_wald))
+    schur = np.zeros((n_genes, 3, q, q, n_prof if q > 0 else 0))
+    wald = np.zeros((n_genes, 4, n_wald if q == 0 else 0))
+    ks = np.full(1, control, dtype=np.int64)
+    z = atoms_z(ks, data)
     for g in prange(n_genes):
         c = coef[g]
-        state = fixed_mu(
-            np.full(1, control, dtype=np.int64), np.full(1, b[g, control]), c, g, data, minmu
-        )
+        state = fixed_mu(ks, np.full(1, b[g, control]), c, g, data, minmu)
         for j in range(n_prof):
-            h, h1, h2 = profile(theta_lo + j * PROFILE_STEP, *state)
+            theta = theta_lo + j * PROFILE_STEP
+            h, h1, h2 = profile(theta, *state)
             prof[g, 0, j] = h
             prof[g, 1, j] = h1
             prof[g, 2, j] = h2
+            if q > 0:
+                schur[g, :, :, :, j] = schur_terms(theta, state[0], state[1], state[2],
+                                                   state[3], z)
+        if q > 0:
+            continue
         base = base_state(c, g, control, data)
         bj = np.nan
         for j in range(n_wald):
@@ -88,19 +99,74 @@ def control_tables(theta_lo, n_prof, n_wald, control, b, coef, data, minmu):
             wald[g, 1, j] = dbj
             wald[g, 2, j] = fj
             wald[g, 3, j] = dfj
-    return prof, wald
+    return prof, schur, wald
 
 
 @njit(cache=True)
-def _objective(theta, state, table, theta_lo, prior_mean, prior_var):
-    """Profile of the groups in `state`, plus the control's from its table when the table is
-    non-empty, plus the log-normal prior on the dispersion when prior_var > 0."""
+def _log_det_terms(S):
+    """log det S[0] and its first two theta derivatives (S[1], S[2] hold those of S[0]), by
+    Gauss-Jordan inversion of the small q x q matrix; zeros when S[0] is not positive
+    definite (no covariate information in the cells)."""
+    q = S.shape[1]
+    M = S[0].copy()
+    inv = np.eye(q)
+    L = 0.0
+    for i in range(q):
+        piv = M[i, i]
+        if not piv > 0.0:
+            return 0.0, 0.0, 0.0
+        L += math.log(piv)
+        for j in range(q):
+            M[i, j] /= piv
+            inv[i, j] /= piv
+        for k in range(q):
+            if k != i:
+                f = M[k, i]
+                for j in range(q):
+                    M[k, j] -= f * M[i, j]
+                    inv[k, j] -= f * inv[i, j]
+    L1 = 0.0
+    L2 = 0.0
+    for i in range(q):
+        for j in range(q):
+            L1 += inv[i, j] * S[1, j, i]
+            L2 += inv[i, j] * S[2, j, i]
+            a_ij = 0.0
+            a_ji = 0.0
+            for k in range(q):
+                a_ij += inv[i, k] * S[1, k, j]
+                a_ji += inv[j, k] * S[1, k, i]
+            L2 -= a_ij * a_ji
+    return L, L1, L2
+
+
+@njit(cache=True)
+def _objective(theta, state, z, table, schur, theta_lo, prior_mean, prior_var):
+    """Profile of the groups in `state` (covariate rows z of its atoms), plus the control's
+    from its tables when they are non-empty, with the covariate part of the Cox-Reid term
+    when there are covariates, plus the log-normal prior on the dispersion when
+    prior_var > 0."""
     F, F1, F2 = profile(theta, *state)
     if table.shape[1] > 0:
         T, T1, T2 = quintic_hermite(theta, theta_lo, PROFILE_STEP, table[0], table[1], table[2])
         F += T
         F1 += T1
         F2 += T2
+    q = z.shape[1]
+    if q > 0:
+        S = schur_terms(theta, state[0], state[1], state[2], state[3], z)
+        if schur.shape[3] > 0:
+            for i in range(q):
+                for j in range(q):
+                    v, d1, d2 = quintic_hermite(theta, theta_lo, PROFILE_STEP, schur[0, i, j],
+                                                schur[1, i, j], schur[2, i, j])
+                    S[0, i, j] += v
+                    S[1, i, j] += d1
+                    S[2, i, j] += d2
+        L, L1, L2 = _log_det_terms(S)
+        F -= 0.5 * L
+        F1 -= 0.5 * L1
+        F2 -= 0.5 * L2
     if prior_var > 0.0:
         d = theta - prior_mean
         F -= 0.5 * d * d / prior_var
@@ -110,13 +176,13 @@ def _objective(theta, state, table, theta_lo, prior_mean, prior_var):
 
 
 @njit(cache=True)
-def _maximise(theta0, lo, hi, state, table, theta_lo, prior_mean, prior_var):
+def _maximise(theta0, lo, hi, state, z, table, schur, theta_lo, prior_mean, prior_var):
     """Maximise the objective over theta in [lo, hi]: Newton steps where it is concave,
     gradient steps elsewhere, each step halved until the objective does not decrease. A
     Newton step below FINAL_STEP is taken without evaluating its end point: convergence is
     quadratic there, so the error left is of order FINAL_STEP^2."""
     th = min(max(theta0, lo), hi)
-    F, F1, F2 = _objective(th, state, table, theta_lo, prior_mean, prior_var)
+    F, F1, F2 = _objective(th, state, z, table, schur, theta_lo, prior_mean, prior_var)
     for _ in range(200):
         step = -F1 / F2 if F2 < 0.0 else (1.0 if F1 > 0.0 else -1.0)
         if F2 < 0.0 and abs(step) < FINAL_STEP:
@@ -127,7 +193,8 @@ def _maximise(theta0, lo, hi, state, table, theta_lo, prior_mean, prior_var):
             cand = min(max(th + step, lo), hi)
             if cand == th:
                 break
-            Fc, F1c, F2c = _objective(cand, state, table, theta_lo, prior_mean, prior_var)
+            Fc, F1c, F2c = _objective(cand, state, z, table, schur, theta_lo, prior_mean,
+                                         prior_var)
             if Fc >= F - 1e-12 * abs(F):
                 moved = abs(cand - th) > 1e-9
                 th, F, F1, F2 = cand, Fc, F1c, F2c
@@ -139,7 +206,7 @@ def _maximise(theta0, lo, hi, state, table, theta_lo, prior_mean, prior_var):
 
 
 @njit(cache=True, parallel=True)
-def control_optimum(prof, theta0, lo, hi, theta_lo, data):
+def control_optimum(prof, schur, theta0, lo, hi, theta_lo, data):
     """Per gene, the theta that maximises the control group's tabulated profile alone. Every
     comparison's gene-wise search starts there: the control cells, usually far more than a
     perturbation's, dominate the comparison's profile, so few Newton steps remain."""
@@ -148,21 +215,25 @@ def control_optimum(prof, theta0, lo, hi, theta_lo, data):
     no_groups = np.empty(0, dtype=np.int64)
     for g in prange(n_genes):
         nothing = fixed_mu(no_groups, np.empty(0), np.zeros(0), g, data, 0.0)
-        out[g] = _maximise(theta0, lo, hi, nothing, prof[g], theta_lo, 0.0, 0.0)
+        out[g] = _maximise(theta0, lo, hi, nothing, atoms_z(no_groups, data), prof[g],
+                           schur[g], theta_lo, 0.0, 0.0)
     return out
 
 
 @njit(cache=True, parallel=True)
-def dispersions(comps, start, prior_mean, prior_var, lo, hi, b, coef, prof, theta_lo, data, minmu):
+def dispersions(comps, start, prior_mean, prior_var, lo, hi, b, coef, prof, schur, theta_lo,
+                data, minmu):
     """Optimal theta of each gene in each comparison `comps[j]` (a group index tested against
-    the control, its control part read from the table; -1 means every group together).
+    the control, its control part read from the tables; -1 means every group together).
     Gene-wise estimates take prior_var[j] = 0; MAP estimates a normal prior
     N(prior_mean[g, j], prior_var[j]). start[g, j] is where the search begins; NaN skips
     the pair. hi[j] is the upper bound of comparison j."""
     n_genes = b.shape[0]
     out = np.full((n_genes, comps.shape[0]), np.nan)
     everyone = np.arange(data.G)
+    q = data.atom_z.shape[1]
     no_table = np.zeros((3, 0))
+    no_schur = np.zeros((3, q, q, 0))
     for g in prange(n_genes):
         for j in range(comps.shape[0]):
             if not np.isfinite(start[g, j]):
@@ -175,7 +246,9 @@ def dispersions(comps, start, prior_mean, prior_var, lo, hi, b, coef, prof, thet
                 lo,
                 hi[j],
                 state,
+                atoms_z(ks, data),
                 no_table if joint else prof[g],
+                no_schur if joint else schur[g],
                 theta_lo,
                 prior_mean[g, j],
                 prior_var[j],
@@ -184,25 +257,39 @@ def dispersions(comps, start, prior_mean, prior_var, lo, hi, b, coef, prof, thet
 
 
 @njit(cache=True, parallel=True)
-def wald(comps, control, theta, coef, wald_table, theta_lo, data, minmu):
+def wald(comps, control, theta, b, coef, wald_table, theta_lo, data, minmu):
     """Natural-log fold change of group comps[j] over the control at dispersion
-    exp(theta[g, j]) and its Fisher standard error sqrt(1/I_control + 1/I_group).
-    NaN where either group has no counts (the MLE lies at the boundary)."""
+    exp(theta[g, j]) and its Fisher standard error. NaN where either group has no counts
+    (the MLE lies at the boundary).
+
+    Without covariates the groups are separable: the control's MLE and information come from
+    its table, SE = sqrt(1/I_control + 1/I_group). With covariates, as DESeq2 does, the
+    control, the group and the covariate coefficients are fitted jointly (from the initial
+    fit b, coef), and the SE comes from the joint information."""
     n_genes = theta.shape[0]
+    q = data.atom_z.shape[1]
     lfc = np.full((n_genes, comps.shape[0]), np.nan)
     se = np.full((n_genes, comps.shape[0]), np.nan)
     for g in prange(n_genes):
+        control_mom = group_moments(g, np.full(1, control, dtype=np.int64), data)
         for j in range(comps.shape[0]):
             th = theta[g, j]
-            if not np.isfinite(th):
+            k = comps[j]
+            if not (np.isfinite(th) and np.isfinite(b[g, control]) and np.isfinite(b[g, k])):
+                continue
+            if q > 0:
+                ks = np.array([control, k])
+                mom = np.concatenate((control_mom, group_moments(g, ks[1:], data)))
+                bj, cj, _ = joint_fit(th, ks, mom, b[g][ks], coef[g], data, minmu)
+                D, B, C, _, _ = joint_terms(th, ks, mom, bj, cj, data, minmu)
+                lfc[g, j] = bj[1] - bj[0]
+                se[g, j] = math.sqrt(contrast_variance(D, B, C))
                 continue
             tab = wald_table[g]
-            if not np.isfinite(tab[0, 0]):
-                continue
             b0 = cubic_hermite(th, theta_lo, WALD_STEP, tab[0], tab[1])
             i0 = cubic_hermite(th, theta_lo, WALD_STEP, tab[2], tab[3])
-            bk, ik, _, _ = group_mle(th, coef[g], g, comps[j], data, minmu)
-            if not np.isfinite(bk) or i0 <= 0.0 or ik <= 0.0:
+            bk, ik, _, _ = group_mle(th, coef[g], g, k, data, minmu)
+            if i0 <= 0.0 or ik <= 0.0:
                 continue
             lfc[g, j] = bk - b0
             se[g, j] = math.sqrt(1.0 / i0 + 1.0 / ik)

@@ -60,14 +60,18 @@ def atom_moments(g, k, data):
     first = data.atom_ptr[k]
     moments = np.zeros((data.atom_ptr[k + 1] - first, 3))
     for e in range(data.nz_ptr[g * data.G + k], data.nz_ptr[g * data.G + k + 1]):
-        cell = data.nz_cell[e]
-        j = data.cell_atom[cell] - first
-        d = data.cell_logs[cell] - data.atom_logs[first + j]
-        y = float(data.nz_y[e])
-        moments[j, 0] += y
-        moments[j, 1] += y * d
-        moments[j, 2] += y * d * d
+        _add_moments(moments, data.nz_cell[e], float(data.nz_y[e]), first, data)
     return moments
+
+
+@njit(cache=True)
+def _add_moments(moments, cell, y, first, data):
+    """Add count y of a cell to its atom's row of moments (atoms of the group from `first`)."""
+    j = data.cell_atom[cell] - first
+    d = data.cell_logs[cell] - data.atom_logs[first + j]
+    moments[j, 0] += y
+    moments[j, 1] += y * d
+    moments[j, 2] += y * d * d
 
 
 @njit(cache=True)
@@ -110,10 +114,11 @@ def fixed_mu(ks, bk, c, g, data, minmu):
             a_mu[t] = max(raw, minmu)
             a_w[t] = data.atom_w[j]
             a_w2[t] = 0.0 if floored[j - first] else data.atom_w2[j]
-        moments = atom_moments(g, k, data)
+        moments = np.zeros((n_a, 3))
         big_ptr[i + 1] = big_ptr[i]
         for e in range(data.nz_ptr[g * data.G + k], data.nz_ptr[g * data.G + k + 1]):
             y = float(data.nz_y[e])
+            _add_moments(moments, data.nz_cell[e], y, first, data)
             if y <= SMALL_COUNT:
                 for m in range(int(y)):
                     tail[i, m] += 1.0
@@ -293,14 +298,13 @@ def _atom_terms(raw, w, w2, a, minmu):
 
 
 @njit(cache=True)
-def _count_terms(raw, y, a, minmu):
-    """The non-zero terms of an atom with counts y = (Y0, Y1, Y2) (see fixed_mu) at unfloored
-    mean raw: their score, the observed information (0 when floored) and the score's theta
+def _count_terms(raw, y0, y1, y2, a, minmu):
+    """The non-zero terms of an atom with counts Y0, Y1, Y2 (see fixed_mu) at unfloored mean
+    raw: their score, the observed information (0 when floored) and the score's theta
     derivative."""
     free = raw >= minmu
-    y0 = y[0]
-    y1 = y[1] if free else 0.0
-    y2 = 0.5 * y[2] if free else 0.0
+    y1 = y1 if free else 0.0
+    y2 = 0.5 * y2 if free else 0.0
     _, q, p, k, kk = _sigmoid_terms(a * max(raw, minmu))
     Sp = y0 * p + y1 * k + y2 * kk
     return y0 - (y0 * q + y1 * p + y2 * k), Sp if free else 0.0, -Sp
@@ -328,7 +332,8 @@ def _score_terms(b, a, a_ptr, a_base, a_w, a_w2, e_ptr, e_base, e_y, minmu):
         if gap == 0.0:
             f_b += P
     for t in range(e_ptr[0], e_ptr[1]):
-        sc, obs, sc_theta = _count_terms(eb * e_base[t], e_y[t], a, minmu)
+        sc, obs, sc_theta = _count_terms(eb * e_base[t], e_y[t, 0], e_y[t, 1], e_y[t, 2], a,
+                                         minmu)
         score += sc
         hess += obs
         s_theta += sc_theta
@@ -426,7 +431,7 @@ def joint_terms(theta, ks, mom, b, c, data, minmu):
             Q1, _, _, gap = _atom_terms(raw, data.atom_w[j], data.atom_w2[j], a, minmu)
             s = Q1 * (gap - 1.0)
             if mom[t, 0] > 0.0:
-                s += _count_terms(raw, mom[t], a, minmu)[0]
+                s += _count_terms(raw, mom[t, 0], mom[t, 1], mom[t, 2], a, minmu)[0]
             t += 1
             D[i] += Q1
             sb[i] += s

@@ -141,29 +141,36 @@ def _log_det_terms(S):
 
 
 @njit(cache=True)
-def _objective(theta, state, z, table, schur, theta_lo, prior_mean, prior_var):
-    """Profile of the groups in `state` (covariate rows z of its atoms), plus the control's
-    from its tables when they are non-empty, with the covariate part of the Cox-Reid term
-    when there are covariates, plus the log-normal prior on the dispersion when
-    prior_var > 0."""
+def _covariate_cox_reid(theta, state, z, schur, theta_lo):
+    """log det S of `schur_terms` for the groups in `state`, plus the control's S from its
+    table when that is non-empty, and its first two theta derivatives."""
+    q = z.shape[1]
+    S = schur_terms(theta, state[0], state[1], state[2], state[3], z)
+    if schur.shape[3] > 0:
+        for i in range(q):
+            for j in range(q):
+                v, d1, d2 = quintic_hermite(theta, theta_lo, PROFILE_STEP, schur[0, i, j],
+                                            schur[1, i, j], schur[2, i, j])
+                S[0, i, j] += v
+                S[1, i, j] += d1
+                S[2, i, j] += d2
+    return _log_det_terms(S)
+
+
+@njit(cache=True)
+def _objective(theta, state, table, cov, theta_lo, prior_mean, prior_var):
+    """Profile of the groups in `state`, plus the control's from its table when that is
+    non-empty, plus, with covariates (cov = (covariate rows of the state's atoms, the
+    control's Schur table); None without, which numba compiles away), the covariate part of
+    the Cox-Reid term, plus the log-normal prior on the dispersion when prior_var > 0."""
     F, F1, F2 = profile(theta, *state)
     if table.shape[1] > 0:
         T, T1, T2 = quintic_hermite(theta, theta_lo, PROFILE_STEP, table[0], table[1], table[2])
         F += T
         F1 += T1
         F2 += T2
-    q = z.shape[1]
-    if q > 0:
-        S = schur_terms(theta, state[0], state[1], state[2], state[3], z)
-        if schur.shape[3] > 0:
-            for i in range(q):
-                for j in range(q):
-                    v, d1, d2 = quintic_hermite(theta, theta_lo, PROFILE_STEP, schur[0, i, j],
-                                                schur[1, i, j], schur[2, i, j])
-                    S[0, i, j] += v
-                    S[1, i, j] += d1
-                    S[2, i, j] += d2
-        L, L1, L2 = _log_det_terms(S)
+    if cov is not None:
+        L, L1, L2 = _covariate_cox_reid(theta, state, cov[0], cov[1], theta_lo)
         F -= 0.5 * L
         F1 -= 0.5 * L1
         F2 -= 0.5 * L2
@@ -176,13 +183,13 @@ def _objective(theta, state, z, table, schur, theta_lo, prior_mean, prior_var):
 
 
 @njit(cache=True)
-def _maximise(theta0, lo, hi, state, z, table, schur, theta_lo, prior_mean, prior_var):
+def _maximise(theta0, lo, hi, state, table, cov, theta_lo, prior_mean, prior_var):
     """Maximise the objective over theta in [lo, hi]: Newton steps where it is concave,
     gradient steps elsewhere, each step halved until the objective does not decrease. A
     Newton step below FINAL_STEP is taken without evaluating its end point: convergence is
     quadratic there, so the error left is of order FINAL_STEP^2."""
     th = min(max(theta0, lo), hi)
-    F, F1, F2 = _objective(th, state, z, table, schur, theta_lo, prior_mean, prior_var)
+    F, F1, F2 = _objective(th, state, table, cov, theta_lo, prior_mean, prior_var)
     for _ in range(200):
         step = -F1 / F2 if F2 < 0.0 else (1.0 if F1 > 0.0 else -1.0)
         if F2 < 0.0 and abs(step) < FINAL_STEP:
@@ -193,8 +200,7 @@ def _maximise(theta0, lo, hi, state, z, table, schur, theta_lo, prior_mean, prio
             cand = min(max(th + step, lo), hi)
             if cand == th:
                 break
-            Fc, F1c, F2c = _objective(cand, state, z, table, schur, theta_lo, prior_mean,
-                                         prior_var)
+            Fc, F1c, F2c = _objective(cand, state, table, cov, theta_lo, prior_mean, prior_var)
             if Fc >= F - 1e-12 * abs(F):
                 moved = abs(cand - th) > 1e-9
                 th, F, F1, F2 = cand, Fc, F1c, F2c
@@ -209,14 +215,18 @@ def _maximise(theta0, lo, hi, state, z, table, schur, theta_lo, prior_mean, prio
 def control_optimum(prof, schur, theta0, lo, hi, theta_lo, data):
     """Per gene, the theta that maximises the control group's tabulated profile alone. Every
     comparison's gene-wise search starts there: the control cells, usually far more than a
-    perturbation's, dominate the comparison's profile, so few Newton steps remain."""
+    perturbation's, dominate the comparison's profile, so few Newton steps remain. schur is
+    the control's Schur table with covariates, None without."""
     n_genes = prof.shape[0]
     out = np.empty(n_genes)
     no_groups = np.empty(0, dtype=np.int64)
     for g in prange(n_genes):
         nothing = fixed_mu(no_groups, np.empty(0), np.zeros(0), g, data, 0.0)
-        out[g] = _maximise(theta0, lo, hi, nothing, atoms_z(no_groups, data), prof[g],
-                           schur[g], theta_lo, 0.0, 0.0)
+        if schur is None:
+            out[g] = _maximise(theta0, lo, hi, nothing, prof[g], None, theta_lo, 0.0, 0.0)
+        else:
+            out[g] = _maximise(theta0, lo, hi, nothing, prof[g],
+                               (atoms_z(no_groups, data), schur[g]), theta_lo, 0.0, 0.0)
     return out
 
 
@@ -227,7 +237,8 @@ def dispersions(comps, start, prior_mean, prior_var, lo, hi, b, coef, prof, schu
     the control, its control part read from the tables; -1 means every group together).
     Gene-wise estimates take prior_var[j] = 0; MAP estimates a normal prior
     N(prior_mean[g, j], prior_var[j]). start[g, j] is where the search begins; NaN skips
-    the pair. hi[j] is the upper bound of comparison j."""
+    the pair. hi[j] is the upper bound of comparison j. schur is the control's Schur table
+    with covariates, None without (numba then compiles the covariate terms away)."""
     n_genes = b.shape[0]
     out = np.full((n_genes, comps.shape[0]), np.nan)
     everyone = np.arange(data.G)
@@ -241,18 +252,14 @@ def dispersions(comps, start, prior_mean, prior_var, lo, hi, b, coef, prof, schu
             joint = comps[j] < 0
             ks = everyone if joint else np.full(1, comps[j], dtype=np.int64)
             state = fixed_mu(ks, b[g][ks], coef[g], g, data, minmu)
-            out[g, j] = _maximise(
-                start[g, j],
-                lo,
-                hi[j],
-                state,
-                atoms_z(ks, data),
-                no_table if joint else prof[g],
-                no_schur if joint else schur[g],
-                theta_lo,
-                prior_mean[g, j],
-                prior_var[j],
-            )
+            table = no_table if joint else prof[g]
+            if schur is None:
+                out[g, j] = _maximise(start[g, j], lo, hi[j], state, table, None, theta_lo,
+                                      prior_mean[g, j], prior_var[j])
+            else:
+                cov = (atoms_z(ks, data), no_schur if joint else schur[g])
+                out[g, j] = _maximise(start[g, j], lo, hi[j], state, table, cov, theta_lo,
+                                      prior_mean[g, j], prior_var[j])
     return out
 
 
@@ -263,34 +270,35 @@ def wald(comps, control, theta, b, coef, wald_table, theta_lo, data, minmu):
     (the MLE lies at the boundary).
 
     Without covariates the groups are separable: the control's MLE and information come from
-    its table, SE = sqrt(1/I_control + 1/I_group). With covariates, as DESeq2 does, the
-    control, the group and the covariate coefficients are fitted jointly (from the initial
-    fit b, coef), and the SE comes from the joint information."""
+    its table, SE = sqrt(1/I_control + 1/I_group). With covariates (wald_table None, which
+    numba compiles as its own case), as DESeq2 does, the control, the group and the
+    covariate coefficients are fitted jointly (from the initial fit b, coef), and the SE
+    comes from the joint information."""
     n_genes = theta.shape[0]
-    q = data.atom_z.shape[1]
     lfc = np.full((n_genes, comps.shape[0]), np.nan)
     se = np.full((n_genes, comps.shape[0]), np.nan)
+    control_only = np.full(1, control, dtype=np.int64)
+    moment_groups = control_only if wald_table is None else control_only[:0]
     for g in prange(n_genes):
-        control_mom = group_moments(g, np.full(1, control, dtype=np.int64), data)
+        control_mom = group_moments(g, moment_groups, data)
         for j in range(comps.shape[0]):
             th = theta[g, j]
             k = comps[j]
             if not (np.isfinite(th) and np.isfinite(b[g, control]) and np.isfinite(b[g, k])):
                 continue
-            if q > 0:
+            if wald_table is None:
                 ks = np.array([control, k])
                 mom = np.concatenate((control_mom, group_moments(g, ks[1:], data)))
                 bj, cj, _ = joint_fit(th, ks, mom, b[g][ks], coef[g], data, minmu)
                 D, B, C, _, _ = joint_terms(th, ks, mom, bj, cj, data, minmu)
                 lfc[g, j] = bj[1] - bj[0]
                 se[g, j] = math.sqrt(contrast_variance(D, B, C))
-                continue
-            tab = wald_table[g]
-            b0 = cubic_hermite(th, theta_lo, WALD_STEP, tab[0], tab[1])
-            i0 = cubic_hermite(th, theta_lo, WALD_STEP, tab[2], tab[3])
-            bk, ik, _, _ = group_mle(th, coef[g], g, k, data, minmu)
-            if i0 <= 0.0 or ik <= 0.0:
-                continue
-            lfc[g, j] = bk - b0
-            se[g, j] = math.sqrt(1.0 / i0 + 1.0 / ik)
+            else:
+                tab = wald_table[g]
+                b0 = cubic_hermite(th, theta_lo, WALD_STEP, tab[0], tab[1])
+                i0 = cubic_hermite(th, theta_lo, WALD_STEP, tab[2], tab[3])
+                bk, ik, _, _ = group_mle(th, coef[g], g, k, data, minmu)
+                if i0 > 0.0 and ik > 0.0:
+                    lfc[g, j] = bk - b0
+                    se[g, j] = math.sqrt(1.0 / i0 + 1.0 / ik)
     return lfc, se

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
+from conftest import SCREEN
 
 import perturbglm
 from perturbglm.cli import main
@@ -178,3 +179,38 @@ def test_genes_with_one_common_mean():
     disps = np.array([0.1, 0.2, 0.15, 0.3, 0.12, 0.25])
     fitted, kind = trend.fit(means, disps)
     assert kind in ("local", "mean") and np.isfinite(fitted).all()
+
+
+def test_obs_columns_read_as_anndata_reads_them(tmp_path):
+    """obs columns are read with h5py in their common encodings (anndata's reader for the
+    rest): every encoding anndata writes comes back as anndata reads it, and a run on the
+    real screen does not import anndata."""
+    import subprocess
+    import sys
+
+    import h5py
+    from anndata.io import read_elem
+
+    from perturbglm.reader import read_obs
+
+    n = 6
+    obs = pd.DataFrame({
+        "cat": pd.Categorical(list("abcabc")),
+        "ordered": pd.Categorical(list("xyzxyz"), ordered=True),
+        "numbers_as_categories": pd.Categorical([1, 2, 1, 2, 1, 2]),
+        "text": ["α", "b", "c", "d", "e", "f"],
+        "int": np.arange(n), "float": np.linspace(0, 1, n), "bool": [True, False] * 3,
+        "nullable": pd.array([1, None, 3, 4, 5, 6], dtype="Int64"),
+    }, index=[f"c{i}" for i in range(n)])
+    path = tmp_path / "obs.h5ad"
+    ad.AnnData(np.zeros((n, 2)), obs=obs).write_h5ad(path)
+    with h5py.File(path, "r") as f:
+        ours = read_obs(f, list(obs.columns))
+        for c in obs.columns:
+            assert ours[c].equals(pd.Series(read_elem(f["obs"][c]))), c
+    code = ("import sys, perturbglm; perturbglm.de(sys.argv[1], groupby='gene', "
+            "control='non-targeting', covariates=['bio_rep'], progress=False); "
+            "print('anndata' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code, SCREEN], capture_output=True,
+                         text=True, check=True)
+    assert out.stdout.split()[-1] == "False"

@@ -20,7 +20,7 @@ Data layout (see `summaries.GeneBlock`): atoms of group k are atom_ptr[k]:atom_p
 with the mean log size factor of its cells, their number and the sum of their squared
 deviations from that mean (atom_w2, 0 for single cells); cell_atom maps a cell to its atom.
 Non-zero entries of gene g in group k are nz_ptr[g*G+k]:nz_ptr[g*G+k+1], with counts nz_y and
-cell indices nz_cell into cell_logs / cell_z / cell_atom.
+cell indices nz_cell into cell_logs / cell_atom.
 
 Dispersion is optimised in theta = log(a). All derivatives are analytic in theta.
 """

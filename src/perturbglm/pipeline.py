@@ -150,11 +150,11 @@ def stage_a(block: summaries.GeneBlock, cx: Context) -> dict:
     ctrl = cx.des.control
     minmu = float(cx.opts.min_mu)
     group_n = cx.atoms.group_n
-    b, coef = stages.initial_fit(math.log(ALPHA_INIT), ctrl, group_n, args)
+    norm = stages.normalised_sums(args)
+    b, coef = stages.initial_fit(math.log(ALPHA_INIT), ctrl, group_n, norm, args)
     prof, schur, wald_tab = stages.control_tables(cx.theta_lo, cx.n_prof, cx.n_wald, ctrl, b,
                                                   coef, args, minmu)
     n_nz = np.diff(block.nz_ptr).reshape(-1, cx.des.n_groups)
-    norm = block.group_sums(block.nz_y * np.exp(-cx.atoms.cell_logs[block.nz_cell]))
     pct = 100.0 * n_nz / group_n[None, :]
     cells_cmp = group_n[ctrl] + group_n[cx.comps]
     base_mean = (norm[:, [ctrl]] + norm[:, cx.comps]) / cells_cmp[None, :]
@@ -235,9 +235,8 @@ class Blocks:
         if self._last[0] != i:
             self._last = (None, None)
             g0, g1 = self.genes(i)
-            cell, gene, y = self.store.load(*self.ranges[i])
-            self._last = (i, summaries.build_block(cell, gene, y, g0, g1, self.cell_group,
-                                                   self.at))
+            self._last = (i, summaries.build_block(*self.store.load(*self.ranges[i]), g0, g1,
+                                                   self.cell_group, self.at))
         return self._last[1]
 
 

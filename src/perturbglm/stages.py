@@ -41,9 +41,22 @@ INITIAL_MINMU = 0.5  # the floor of DESeq2's IRLS (fitNbinomGLMs) in its initial
 
 
 @njit(cache=True, parallel=True)
-def initial_fit(theta0, control, group_n, data):
-    """Returns b (genes x groups) and covariate coefficients c (genes x q)."""
+def normalised_sums(data):
+    """Sum of the normalised counts y / s of every (gene, group): genes x groups."""
     n_genes = (data.nz_ptr.shape[0] - 1) // data.G
+    out = np.zeros((n_genes, data.G))
+    for g in prange(n_genes):
+        for k in range(data.G):
+            for e in range(data.nz_ptr[g * data.G + k], data.nz_ptr[g * data.G + k + 1]):
+                out[g, k] += data.nz_y[e] * math.exp(-data.cell_logs[data.nz_cell[e]])
+    return out
+
+
+@njit(cache=True, parallel=True)
+def initial_fit(theta0, control, group_n, norm, data):
+    """Returns b (genes x groups) and covariate coefficients c (genes x q); norm is
+    `normalised_sums`."""
+    n_genes = norm.shape[0]
     q = data.atom_z.shape[1]
     b = np.empty((n_genes, data.G))
     coef = np.zeros((n_genes, q))
@@ -58,10 +71,7 @@ def initial_fit(theta0, control, group_n, data):
                 b[g, k] = group_mle(theta0, coef[g], g, k, data, INITIAL_MINMU, np.nan)[0]
         else:
             for k in range(data.G):
-                norm = 0.0
-                for e in range(data.nz_ptr[g * data.G + k], data.nz_ptr[g * data.G + k + 1]):
-                    norm += data.nz_y[e] * math.exp(-data.cell_logs[data.nz_cell[e]])
-                b[g, k] = math.log(norm / group_n[k]) if norm > 0.0 else -np.inf
+                b[g, k] = math.log(norm[g, k] / group_n[k]) if norm[g, k] > 0.0 else -np.inf
     return b, coef
 
 

@@ -110,28 +110,28 @@ class Store:
         self.pieces = np.asarray(pieces, dtype=np.int64).copy()
 
     def load(self, s0: int, s1: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(cell, gene, count) of every record of slabs s0..s1-1, slab by slab in the order
-        they were added."""
-        cells, genes, ys = [], [], []
+        """Every record of slabs s0..s1-1, slab by slab in the order they were added, as
+        (records: int32 n x 2 of cell and count, runs: int64 record counts of consecutive
+        runs of one gene, run_gene: int32 gene of each run)."""
+        recs, runs, run_genes = [], [], []
         for s in range(s0, s1):
             if self.nnz[s] == 0:
                 continue
             if self._parts is not None:
-                rec = np.concatenate([r for r, _ in self._parts[s]])
-                per_gene = np.concatenate([c for _, c in self._parts[s]])
+                recs.extend(r for r, _ in self._parts[s])
+                runs.extend(c for _, c in self._parts[s])
             else:
                 self.close()
                 rec_path, idx_path = self._paths(s)
-                rec = np.fromfile(rec_path, dtype=RECORD, count=int(self.nnz[s]))
-                per_gene = np.fromfile(idx_path, dtype=np.int64,
-                                       count=int(self.pieces[s]) * self._width(s))
+                recs.append(np.fromfile(rec_path, dtype=RECORD, count=int(self.nnz[s])))
+                runs.append(np.fromfile(idx_path, dtype=np.int64,
+                                        count=int(self.pieces[s]) * self._width(s)))
             slab_genes = np.arange(self.bounds[s], self.bounds[s + 1], dtype=np.int32)
-            genes.append(np.repeat(np.tile(slab_genes, int(self.pieces[s])), per_gene))
-            cells.append(rec["cell"])
-            ys.append(rec["y"])
-        if not cells:
-            return (np.empty(0, np.int32),) * 3
-        return np.concatenate(cells), np.concatenate(genes), np.concatenate(ys)
+            run_genes.append(np.tile(slab_genes, int(self.pieces[s])))
+        if not recs:
+            return np.empty((0, 2), np.int32), np.empty(0, np.int64), np.empty(0, np.int32)
+        return (np.concatenate(recs).view(np.int32).reshape(-1, 2),
+                np.concatenate(runs).astype(np.int64, copy=False), np.concatenate(run_genes))
 
     def blocks(self, max_nnz: int, max_slabs: int) -> list[tuple[int, int]]:
         """Consecutive slab ranges of at most max_slabs slabs holding at most max_nnz records
@@ -194,13 +194,12 @@ class Atoms:
     atom_w2: np.ndarray
     atom_z: np.ndarray
     cell_logs: np.ndarray
-    cell_z: np.ndarray
     cell_atom: np.ndarray
 
 
 BlockData = namedtuple("BlockData", [
-    "G", "atom_ptr", "atom_logs", "atom_w", "atom_w2", "atom_z", "cell_logs", "cell_z",
-    "cell_atom", "nz_ptr", "nz_y", "nz_cell"])
+    "G", "atom_ptr", "atom_logs", "atom_w", "atom_w2", "atom_z", "cell_logs", "cell_atom",
+    "nz_ptr", "nz_y", "nz_cell"])
 BlockData.__doc__ = "What the compiled kernels read of a gene block (layout: kernels.py)."
 
 
@@ -221,14 +220,7 @@ class GeneBlock:
     def kernel_args(self) -> BlockData:
         a = self.atoms
         return BlockData(a.G, a.atom_ptr, a.atom_logs, a.atom_w, a.atom_w2, a.atom_z,
-                         a.cell_logs, a.cell_z, a.cell_atom, self.nz_ptr, self.nz_y,
-                         self.nz_cell)
-
-    def group_sums(self, values: np.ndarray) -> np.ndarray:
-        """Sum of per-entry values for every (gene, group): genes x groups."""
-        sums = np.add.reduceat(np.append(values, 0.0), self.nz_ptr[:-1])
-        sums[np.diff(self.nz_ptr) == 0] = 0.0
-        return sums.reshape(-1, self.atoms.G)
+                         a.cell_logs, a.cell_atom, self.nz_ptr, self.nz_y, self.nz_cell)
 
 
 def _stratum_atoms(logs: np.ndarray):
@@ -283,33 +275,39 @@ def atoms(cell_group: np.ndarray, size_factors: np.ndarray, covariates: np.ndarr
                  atom_logs=np.concatenate(a_logs), atom_w=np.concatenate(a_w),
                  atom_w2=np.concatenate(a_w2),
                  atom_z=np.ascontiguousarray(np.concatenate(a_z, axis=0)),
-                 cell_logs=cell_logs, cell_z=np.ascontiguousarray(covariates),
-                 cell_atom=cell_atom)
+                 cell_logs=cell_logs, cell_atom=cell_atom)
 
 
 @njit(cache=True)
-def _order(cell, gene, y, g0, n_genes, cell_group, G):
-    """Counting sort of records by (gene, group), stable: O(records)."""
+def _order(rec, runs, run_gene, g0, n_genes, cell_group, G):
+    """Counting sort of Store.load's records by (gene, group), stable: O(records)."""
     n_keys = n_genes * G
     ptr = np.zeros(n_keys + 1, dtype=np.int64)
-    for e in range(cell.shape[0]):
-        ptr[(gene[e] - g0) * G + cell_group[cell[e]] + 1] += 1
+    e = 0
+    for t in range(runs.shape[0]):
+        base = (run_gene[t] - g0) * G
+        for _ in range(runs[t]):
+            ptr[base + cell_group[rec[e, 0]] + 1] += 1
+            e += 1
     for k in range(n_keys):
         ptr[k + 1] += ptr[k]
     pos = ptr[:-1].copy()
-    out_y = np.empty(cell.shape[0], dtype=np.int32)
-    out_cell = np.empty(cell.shape[0], dtype=np.int32)
-    for e in range(cell.shape[0]):
-        k = (gene[e] - g0) * G + cell_group[cell[e]]
-        t = pos[k]
-        pos[k] += 1
-        out_y[t] = y[e]
-        out_cell[t] = cell[e]
+    out_y = np.empty(rec.shape[0], dtype=np.int32)
+    out_cell = np.empty(rec.shape[0], dtype=np.int32)
+    e = 0
+    for t in range(runs.shape[0]):
+        base = (run_gene[t] - g0) * G
+        for _ in range(runs[t]):
+            k = base + cell_group[rec[e, 0]]
+            out_y[pos[k]] = rec[e, 1]
+            out_cell[pos[k]] = rec[e, 0]
+            pos[k] += 1
+            e += 1
     return ptr, out_y, out_cell
 
 
-def build_block(cell: np.ndarray, gene: np.ndarray, y: np.ndarray, g0: int, g1: int,
+def build_block(rec: np.ndarray, runs: np.ndarray, run_gene: np.ndarray, g0: int, g1: int,
                 cell_group: np.ndarray, at: Atoms) -> GeneBlock:
-    """The block of genes g0..g1-1 from the (cell, gene, count) arrays of Store.load."""
-    ptr, y, cell = _order(cell, gene, y, g0, g1 - g0, cell_group, at.G)
+    """The block of genes g0..g1-1 from the records of Store.load."""
+    ptr, y, cell = _order(rec, runs, run_gene, g0, g1 - g0, cell_group, at.G)
     return GeneBlock(g0=g0, atoms=at, nz_ptr=ptr, nz_y=y, nz_cell=cell)

@@ -76,13 +76,15 @@ def local(means, disps, at, span=0.7):
     d = np.abs(t)
     h = np.partition(d, k - 1, axis=1)[:, k - 1] * (1 + 1e-10) + 1e-12
     w = np.clip(1 - (d / h[:, None]) ** 3, 0, None) ** 3 * means[None, :]
-    powers = [np.ones_like(t), t, t * t]
-    XtWX = np.empty((nodes.size, 3, 3))
+    moments = np.empty((5, nodes.size))     # sum_i w t^m, m = 0..4
     XtWy = np.empty((nodes.size, 3))
-    for i in range(3):
-        XtWy[:, i] = np.sum(w * powers[i] * y[None, :], axis=1)
-        for j in range(3):
-            XtWX[:, i, j] = np.sum(w * powers[i] * powers[j], axis=1)
+    wt = w
+    for m in range(5):
+        moments[m] = wt.sum(axis=1)
+        if m < 3:
+            XtWy[:, m] = wt @ y
+        wt = wt * t
+    XtWX = moments[np.add.outer(np.arange(3), np.arange(3))].transpose(2, 0, 1)
     try:
         fitted = np.linalg.solve(XtWX, XtWy[:, :, None])[:, 0, 0]
     except np.linalg.LinAlgError:   # a node whose neighbours share one mean

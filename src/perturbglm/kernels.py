@@ -410,17 +410,17 @@ def group_moments(g, ks, data):
 
 @njit(cache=True)
 def joint_terms(theta, ks, mom, b, c, data, minmu):
-    """Score and Fisher information of the joint model of the groups ks (one intercept b[i]
-    per group, covariate coefficients c shared by their cells) at dispersion exp(theta),
-    with the counts summed per atom (mom, from `group_moments`). The intercept block of the
-    information is diagonal: returned as D (n), B (n x q) and C (q x q), with the scores of
-    b and c."""
+    """Score and information of the joint model of the groups ks (one intercept b[i] per
+    group, covariate coefficients c shared by their cells) at dispersion exp(theta), with
+    the counts summed per atom (mom, from `group_moments`). The intercept block of the
+    information is diagonal: returned as D (2 x n), B (2 x n x q) and C (2 x q x q), index 0
+    Fisher's information and 1 the observed one, with the scores sb of b and sc of c."""
     n = ks.shape[0]
     q = data.atom_z.shape[1]
     a = math.exp(theta)
-    D = np.zeros(n)
-    B = np.zeros((n, q))
-    C = np.zeros((q, q))
+    D = np.zeros((2, n))
+    B = np.zeros((2, n, q))
+    C = np.zeros((2, q, q))
     sb = np.zeros(n)
     sc = np.zeros(q)
     t = 0
@@ -428,48 +428,71 @@ def joint_terms(theta, ks, mom, b, c, data, minmu):
         for j in range(data.atom_ptr[ks[i]], data.atom_ptr[ks[i] + 1]):
             z = data.atom_z[j]
             raw = math.exp(b[i] + _offset(data.atom_logs[j], z, c))
-            Q1, _, _, gap = _atom_terms(raw, data.atom_w[j], data.atom_w2[j], a, minmu)
+            Q1, _, P, gap = _atom_terms(raw, data.atom_w[j], data.atom_w2[j], a, minmu)
             s = Q1 * (gap - 1.0)
             if mom[t, 0] > 0.0:
-                s += _count_terms(raw, mom[t, 0], mom[t, 1], mom[t, 2], a, minmu)[0]
+                sc_count, obs, _ = _count_terms(raw, mom[t, 0], mom[t, 1], mom[t, 2], a, minmu)
+                s += sc_count
+                P += obs
             t += 1
-            D[i] += Q1
             sb[i] += s
+            D[0, i] += Q1
+            D[1, i] += P
             for u in range(q):
-                B[i, u] += Q1 * z[u]
                 sc[u] += s * z[u]
+                B[0, i, u] += Q1 * z[u]
+                B[1, i, u] += P * z[u]
                 for v in range(q):
-                    C[u, v] += Q1 * z[u] * z[v]
+                    C[0, u, v] += Q1 * z[u] * z[v]
+                    C[1, u, v] += P * z[u] * z[v]
     return D, B, C, sb, sc
 
 
 @njit(cache=True)
+def _schur_step(D, B, C, sb, sc):
+    """The step (db, dc) solving [diag(D) B; B' C] (db, dc) = (sb, sc) through the q x q
+    Schur complement of the diagonal block."""
+    S = C.copy()
+    rhs = sc.copy()
+    for i in range(D.shape[0]):
+        S -= np.outer(B[i], B[i]) / D[i]
+        rhs -= B[i] * sb[i] / D[i]
+    for d in range(C.shape[0]):
+        S[d, d] += 1e-10
+    dc = np.linalg.solve(S, rhs)
+    return (sb - B @ dc) / D, dc
+
+
+@njit(cache=True)
 def joint_fit(theta, ks, mom, b, c, data, minmu):
-    """Joint fit of `joint_terms`' model from (b, c) by Fisher scoring, i.e. DESeq2's IRLS,
-    whose fixed point it reaches (Newton's method on the observed information oscillates on
-    flat likelihoods: one count at a dispersion of 50). Each step solves the q x q Schur
-    complement of the diagonal intercept block. Steps are capped at 5 and coefficients at
-    +-BETA_BOUND.
+    """Joint fit of `joint_terms`' model from (b, c), to the fixed point of DESeq2's IRLS
+    (Fisher scoring): it ends when the Fisher step is below 1e-10. Newton steps on the
+    observed information get there in about half the iterations; one is taken only where
+    it is at most twice the Fisher step, and none after a Newton step that did not shrink
+    the Fisher step (on flat likelihoods, one count at a dispersion of 50, Newton's method
+    oscillates). Steps are capped at 5 and coefficients at +-BETA_BOUND.
 
     Returns (b, c, bounded): bounded is True when a coefficient ran to its bound, i.e. the
     cells could not identify it (a covariate stratum without counts)."""
     b = b.copy()
     c = c.copy()
-    q = c.shape[0]
+    newton = True
+    last = np.inf
     for _ in range(200):
         D, B, C, sb, sc = joint_terms(theta, ks, mom, b, c, data, minmu)
-        S = C.copy()
-        rhs = sc.copy()
-        for i in range(ks.shape[0]):
-            S -= np.outer(B[i], B[i]) / D[i]
-            rhs -= B[i] * sb[i] / D[i]
-        for d in range(q):
-            S[d, d] += 1e-10
-        dc = np.linalg.solve(S, rhs)
-        big = np.max(np.abs(dc)) if q > 0 else 0.0
-        db = (sb - B @ dc) / D
-        big = max(big, np.max(np.abs(db)))
-        shrink = 5.0 / big if big > 5.0 else 1.0
+        db, dc = _schur_step(D[0], B[0], C[0], sb, sc)
+        big = max(np.max(np.abs(db)), np.max(np.abs(dc)) if c.shape[0] > 0 else 0.0)
+        if big >= 1e-10 and newton:
+            if big > last:
+                newton = False
+            elif np.all(D[1] > 0.0):
+                nb, nc = _schur_step(D[1], B[1], C[1], sb, sc)
+                n_big = max(np.max(np.abs(nb)), np.max(np.abs(nc)) if c.shape[0] > 0 else 0.0)
+                if n_big <= 2.0 * big:
+                    db, dc = nb, nc
+        last = big
+        step = max(np.max(np.abs(db)), np.max(np.abs(dc)) if c.shape[0] > 0 else 0.0)
+        shrink = 5.0 / step if step > 5.0 else 1.0
         b = np.minimum(np.maximum(b + shrink * db, -BETA_BOUND), BETA_BOUND)
         c = np.minimum(np.maximum(c + shrink * dc, -BETA_BOUND), BETA_BOUND)
         if big < 1e-10:

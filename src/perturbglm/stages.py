@@ -302,7 +302,7 @@ def wald(comps, control, theta, b, coef, wald_table, theta_lo, data, minmu):
                 bj, cj, _ = joint_fit(th, ks, mom, b[g][ks], coef[g], data, minmu)
                 D, B, C, _, _ = joint_terms(th, ks, mom, bj, cj, data, minmu)
                 lfc[g, j] = bj[1] - bj[0]
-                se[g, j] = math.sqrt(contrast_variance(D, B, C))
+                se[g, j] = math.sqrt(contrast_variance(D[0], B[0], C[0]))
             else:
                 tab = wald_table[g]
                 b0 = cubic_hermite(th, theta_lo, WALD_STEP, tab[0], tab[1])

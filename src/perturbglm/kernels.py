@@ -1,8 +1,9 @@
-"""Compiled negative binomial kernels for one gene in one group of cells.
+"""Compiled negative binomial kernels for one gene in one or a few groups of cells.
 
 The model within a group k is  y_i ~ NB(mu_i, a),  log mu_i = b_k + log s_i + z_i'c_g,
-with covariate coefficients c_g carried as an offset. Sums over a group's cells are split as
-DESIGN.md section 3 describes, so that the work follows non-zeros:
+with covariate coefficients c_g either held fixed (an offset) or fitted jointly with the
+groups' intercepts (`joint_fit`). Sums over a group's cells are split as DESIGN.md section 3
+describes, so that the work follows non-zeros:
 
 - over *all* cells of the group through its "atoms": size-factor bins (log s, weight,
   spread, covariate row) shared by every gene;

@@ -8,7 +8,6 @@ regression of log dispersion on log mean takes over, as DESeq2 falls back to loc
 from __future__ import annotations
 
 import numpy as np
-from scipy.interpolate import CubicSpline
 from scipy.special import polygamma
 
 MIN_DISP = 1e-8
@@ -92,6 +91,8 @@ def local(means, disps, at, span=0.7):
                            for A, b in zip(XtWX, XtWy, strict=True)])
     if nodes is xa:
         return np.exp(fitted)
+    from scipy.interpolate import CubicSpline  # 0.12 s to import; only large screens get here
+
     return np.exp(CubicSpline(nodes, fitted)(xa))
 
 

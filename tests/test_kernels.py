@@ -13,6 +13,19 @@ from perturbglm import kernels, special, summaries
 from perturbglm.pipeline import bh
 
 
+def test_two_sided_p_against_scipy():
+    """p-values from math.erfc equal scipy's 2 * ndtr(-|z|) to 1e-12 relative, down to the
+    smallest representable tail, with NaN kept."""
+    from scipy.special import ndtr
+
+    z = np.concatenate([np.linspace(-38, 38, 1001), [np.nan, np.inf, 0.0]]).reshape(4, -1)
+    p = special.two_sided_p(z)
+    q = 2 * ndtr(-np.abs(z))
+    assert np.array_equal(np.isnan(p), np.isnan(q))
+    ok = q > 0
+    assert np.allclose(p[ok], q[ok], rtol=1e-12, atol=0)
+
+
 def test_polygamma_against_scipy():
     x = np.geomspace(1e-6, 1e8, 200)
     assert np.allclose([special.digamma(v) for v in x], sp_digamma(x), rtol=1e-11, atol=0)

@@ -22,10 +22,9 @@ from dataclasses import asdict, dataclass, field
 
 import numba
 import numpy as np
-from scipy.special import ndtr
 
 from . import design as design_mod
-from . import memory, output, scan, stages, summaries, trend
+from . import memory, output, scan, special, stages, summaries, trend
 from . import size_factors as sf_mod
 from .errors import InputError
 from .reader import (
@@ -424,7 +423,7 @@ def _table_chunks(ws, cx: Context, ranges, trend_names, step, progress):
                 [ws.load(n, "disp_trend", slice(max(c0, t0) - t0, min(c1, t1) - t0))
                  for t0, t1, n in trend_names if t0 < c1 and t1 > c0], axis=0)
         stat = cols["lfc"] / cols["se"]
-        pval = 2 * ndtr(-np.abs(stat))
+        pval = special.two_sided_p(stat)
         padj = np.vstack([bh(p) for p in pval])
         cols.update(stat=stat, pvalue=pval, padj=padj,
                     pct_control=np.broadcast_to(pct_control, stat.shape))

@@ -1,12 +1,15 @@
-"""Log-gamma differences and their derivatives, compiled for the likelihood kernels.
+"""Special functions, compiled: log-gamma differences and their derivatives for the
+likelihood kernels, and the normal tail for p-values.
 
 numba cannot call scipy.special in nopython mode, so the two polygamma functions the NB
 likelihood needs are evaluated here by recurrence plus the asymptotic series (absolute error
-below 1e-12 relative for x > 0); tests check them against scipy.
+below 1e-12 relative for x > 0); tests check them against scipy. Using them and math.erfc
+outside the kernels too spares every run the import of scipy.special (0.14 s).
 """
 
 import math
 
+import numpy as np
 from numba import njit
 
 SMALL_COUNT = 64  # counts up to this use exact finite sums, which stay accurate as r -> inf
@@ -53,3 +56,14 @@ def lgamma_ratio(y, r):
         return val, d1, d2
     return (math.lgamma(y + r) - math.lgamma(r), digamma(y + r) - digamma(r),
             trigamma(y + r) - trigamma(r))
+
+
+@njit(cache=True)
+def two_sided_p(stat):
+    """Two-sided normal p-values of an array of Wald statistics (NaN stays NaN)."""
+    out = np.empty(stat.shape)
+    flat = stat.ravel()
+    res = out.ravel()
+    for i in range(flat.shape[0]):
+        res[i] = math.erfc(abs(flat[i]) / math.sqrt(2.0))
+    return out

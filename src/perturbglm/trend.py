@@ -8,7 +8,8 @@ regression of log dispersion on log mean takes over, as DESeq2 falls back to loc
 from __future__ import annotations
 
 import numpy as np
-from scipy.special import polygamma
+
+from .special import trigamma
 
 MIN_DISP = 1e-8
 LOCAL_NODES = 512  # most evaluation nodes of the local fit (see local)
@@ -128,4 +129,4 @@ def prior_variance(disp_gene, trend, n_cells, n_coef):
     df = n_cells - n_coef
     if df <= 0:
         return var_log, var_log
-    return max(var_log - float(polygamma(1, df / 2)), 0.25), var_log
+    return max(var_log - trigamma(df / 2), 0.25), var_log

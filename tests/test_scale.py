@@ -4,6 +4,7 @@ interruptions. "Identical" is checked to 1e-10 relative (the issue's bar); in fa
 per-gene computation runs the same operations in the same order in all these cases, so the
 tables agree bit for bit."""
 
+import json
 import os
 import signal
 import subprocess
@@ -137,6 +138,14 @@ def test_resume_refuses_a_different_run(screen, tmp_path, monkeypatch):
             _run(screen[0], out)
     with pytest.raises(InputError, match="different options"):
         _run(screen[0], out, resume=True, fdr=0.05)
+    mark = os.path.join(str(out) + ".partial", "fingerprint.json")
+    with open(mark) as fh:
+        left = json.load(fh)
+    del left["workspace format"]          # as a workspace left by an earlier version
+    with open(mark, "w") as fh:
+        json.dump(left, fh)
+    with pytest.raises(InputError, match="another version of perturbglm"):
+        _run(screen[0], out, resume=True)
 
 
 KILL_SCRIPT = """

@@ -25,10 +25,15 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+FORMAT = 2  # what the workspace holds; raised whenever a stage's saved arrays change
+
+
 def fingerprint(path: str, options: dict) -> dict:
+    """What a workspace belongs to: the input file, the options and the workspace format (a
+    workspace left by a version that saved other arrays is not resumed)."""
     st = os.stat(path)
     return {"input": os.path.abspath(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
-            "options": options}
+            "options": options, "workspace format": FORMAT}
 
 
 class Workspace:
@@ -39,6 +44,11 @@ class Workspace:
             if resume and os.path.exists(mark):
                 with open(mark) as fh:
                     old = json.load(fh)
+                if old.get("workspace format") != FORMAT:
+                    raise InputError(
+                        f"cannot resume from '{path}': it was left by another version of "
+                        "perturbglm (a different workspace format); pass --overwrite to "
+                        "start again")
                 if old != print_:
                     changed = sorted(k for k in set(old) | set(print_)
                                      if old.get(k) != print_.get(k))

@@ -214,3 +214,22 @@ def test_obs_columns_read_as_anndata_reads_them(tmp_path):
     out = subprocess.run([sys.executable, "-c", code, SCREEN], capture_output=True,
                          text=True, check=True)
     assert out.stdout.split()[-1] == "False"
+
+
+def test_numeric_covariate_on_many_control_cells_warns(monkeypatch):
+    """A numeric covariate makes every control cell an atom of every comparison's joint fit:
+    the run warns, with the fix, once the control has more atoms than the threshold (lowered
+    here); a categorical covariate keeps the control a few atoms and does not warn."""
+    import warnings
+
+    from perturbglm import pipeline
+
+    monkeypatch.setattr(pipeline, "NUMERIC_COVARIATE_WARNING", 50)
+    adata = screen(["NT"] * 120 + ["A"] * 40)
+    adata.obs["mito"] = RNG.uniform(0, 0.1, adata.n_obs)
+    adata.obs["batch"] = pd.Categorical(RNG.choice(["b1", "b2"], adata.n_obs))
+    with pytest.warns(UserWarning, match="pandas.qcut"):
+        de(adata, covariates=["mito"], progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        de(adata, covariates=["batch"], progress=False)

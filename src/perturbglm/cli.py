@@ -7,6 +7,7 @@ import os
 import sys
 import tempfile
 import time
+import warnings
 
 from . import memory
 from .errors import InputError
@@ -164,6 +165,11 @@ def _cmd_demo(args) -> int:
     return 0
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as one line on stderr, like the errors."""
+    print(f"perturbglm: warning: {message}", file=sys.stderr)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         prog="perturbglm",
@@ -174,7 +180,10 @@ def main(argv=None) -> int:
     sub.add_parser("demo", help="simulate a small screen, analyse it and print a summary")
     args = parser.parse_args(argv)
     try:
-        return {"de": _cmd_de, "simulate": _cmd_simulate, "demo": _cmd_demo}[args.command](args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            return {"de": _cmd_de, "simulate": _cmd_simulate,
+                    "demo": _cmd_demo}[args.command](args)
     except InputError as exc:
         print(f"perturbglm: error: {exc}", file=sys.stderr)
         return 2

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 
 import numba
@@ -40,6 +41,7 @@ from .workspace import Workspace, fingerprint
 
 ALPHA_INIT = 0.5     # dispersion at which the initial means are fitted (DESeq2's alphaInit)
 MIN_DISP = trend.MIN_DISP
+NUMERIC_COVARIATE_WARNING = 5_000   # control atoms above which a run warns (see run)
 
 
 @dataclass
@@ -303,6 +305,14 @@ def run(path: str, opts: Options, out_dir: str, overwrite: bool = False,
         raise InputError("no perturbation has a cell with counts; check the matrix (--layer)")
     at = summaries.atoms(des.cell_group, sf, des.covariates, des.categorical_only,
                          des.n_groups)
+    n_control_atoms = int(np.diff(at.atom_ptr)[des.control])
+    if n_control_atoms > NUMERIC_COVARIATE_WARNING:
+        warnings.warn(
+            f"a numeric covariate ({', '.join(opts.covariates)}) makes each of the "
+            f"{n_control_atoms:,} control cells its own size-factor atom, and every "
+            "comparison's joint fit visits them all: this is slow on large screens. Binning "
+            "the covariate into categories (e.g. pandas.qcut into 10-20 levels) makes the "
+            "control a few hundred atoms.", stacklevel=2)
     cx = _context(des, opts, at)
     if ws.has("blocks.json"):
         ranges = [tuple(r) for r in ws.load_json("blocks")]

@@ -450,17 +450,25 @@ def joint_terms(theta, ks, mom, b, c, data, minmu):
 
 
 @njit(cache=True)
+def _schur_complement(D, B, C):
+    """S = C - B' diag(1/D) B of the information [diag(D) B; B' C], with a 1e-10 ridge so that
+    an unidentified coefficient does not make it singular."""
+    S = C.copy()
+    for i in range(D.shape[0]):
+        S -= np.outer(B[i], B[i]) / D[i]
+    for d in range(C.shape[0]):
+        S[d, d] += 1e-10
+    return S
+
+
+@njit(cache=True)
 def _schur_step(D, B, C, sb, sc):
     """The step (db, dc) solving [diag(D) B; B' C] (db, dc) = (sb, sc) through the q x q
     Schur complement of the diagonal block."""
-    S = C.copy()
     rhs = sc.copy()
     for i in range(D.shape[0]):
-        S -= np.outer(B[i], B[i]) / D[i]
         rhs -= B[i] * sb[i] / D[i]
-    for d in range(C.shape[0]):
-        S[d, d] += 1e-10
-    dc = np.linalg.solve(S, rhs)
+    dc = np.linalg.solve(_schur_complement(D, B, C), rhs)
     return (sb - B @ dc) / D, dc
 
 
@@ -507,14 +515,9 @@ def contrast_variance(D, B, C):
     """Variance of b[1] - b[0] from the joint information (D, B, C) of `joint_terms`: the
     inverse information of the intercepts is diag(1/D) + U S^-1 U' with U = B / D and S
     the Schur complement C - B' diag(1/D) B."""
-    q = C.shape[0]
-    S = C.copy()
-    for i in range(D.shape[0]):
-        S -= np.outer(B[i], B[i]) / D[i]
-    for d in range(q):
-        S[d, d] += 1e-10
     u = B[1] / D[1] - B[0] / D[0]
-    return 1.0 / D[0] + 1.0 / D[1] + (np.dot(u, np.linalg.solve(S, u)) if q > 0 else 0.0)
+    spread = np.dot(u, np.linalg.solve(_schur_complement(D, B, C), u)) if C.shape[0] else 0.0
+    return 1.0 / D[0] + 1.0 / D[1] + spread
 
 
 # --- interpolation of per-gene control tables over a uniform theta grid -------------------

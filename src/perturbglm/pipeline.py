@@ -120,10 +120,15 @@ class Context:
     def hi(self) -> np.ndarray:
         return np.log(self.max_disp)
 
-    def schur(self, table: np.ndarray) -> np.ndarray | None:
-        """The control's Schur table as the kernels take it: None without covariates, so
-        that numba compiles the covariate terms away."""
+    def with_covariates(self, table: np.ndarray) -> np.ndarray | None:
+        """A table the kernels take only with covariates (the control's Schur table); None
+        without, so that numba compiles the covariate terms away."""
         return table if self.des.covariates.shape[1] else None
+
+    def without_covariates(self, table: np.ndarray) -> np.ndarray | None:
+        """A table the kernels take only without covariates (the control's MLE table); None
+        with them, which selects the joint Wald fit."""
+        return None if self.des.covariates.shape[1] else table
 
 
 def _context(des, opts, at) -> Context:
@@ -163,14 +168,13 @@ def stage_a(block: summaries.GeneBlock, cx: Context) -> dict:
     if cx.dcomps[0] < 0:
         start = np.full(bm.shape, math.log(ALPHA_INIT))
     else:
-        start = np.repeat(stages.control_optimum(prof, cx.schur(schur), math.log(ALPHA_INIT),
-                                                 cx.lo,
-                                                 float(cx.hi.max()), cx.theta_lo, args)[:, None],
-                          bm.shape[1], axis=1)
+        optimum = stages.control_optimum(prof, cx.with_covariates(schur), math.log(ALPHA_INIT),
+                                         cx.lo, float(cx.hi.max()), cx.theta_lo, args)
+        start = np.repeat(optimum[:, None], bm.shape[1], axis=1)
     start[~(bm > 0)] = np.nan
     no_prior = np.zeros(cx.dcomps.shape[0])
     th_gene = stages.dispersions(cx.dcomps, start, start, no_prior, cx.lo, cx.hi, b, coef,
-                                 prof, cx.schur(schur), cx.theta_lo, args, minmu)
+                                 prof, cx.with_covariates(schur), cx.theta_lo, args, minmu)
     disp_gene = np.clip(np.exp(th_gene), MIN_DISP, cx.max_disp[None, :])
     return {"b": b, "coef": coef, "prof": prof, "schur": schur,
             "wald_tab": wald_tab,
@@ -205,8 +209,8 @@ def stage_b(block: summaries.GeneBlock, a: dict, disp_trend: np.ndarray, prior_v
     map_start = np.where(log_gene > log_trend + math.log(0.1), log_gene, log_trend)
     map_start[~(a["bm"].T > 0)] = np.nan
     th_map = stages.dispersions(cx.dcomps, map_start, log_trend, prior_var, cx.lo, cx.hi,
-                                a["b"], a["coef"], a["prof"], cx.schur(a["schur"]), cx.theta_lo,
-                                args, minmu)
+                                a["b"], a["coef"], a["prof"], cx.with_covariates(a["schur"]),
+                                cx.theta_lo, args, minmu)
     disp = np.clip(np.exp(th_map), MIN_DISP, cx.max_disp[None, :])
     outlier = log_gene > log_trend + 2 * np.sqrt(var_log)[None, :]
     disp = np.where(outlier, np.exp(log_gene), disp)
@@ -214,8 +218,8 @@ def stage_b(block: summaries.GeneBlock, a: dict, disp_trend: np.ndarray, prior_v
     if cx.dcomps[0] < 0:
         theta = np.repeat(theta, cx.comps.size, axis=1)
         theta[~(a["base_mean"].T > 0)] = np.nan
-    wald_tab = None if cx.des.covariates.shape[1] else a["wald_tab"]
-    lfc, se = stages.wald(cx.comps, cx.des.control, theta, a["b"], a["coef"], wald_tab,
+    lfc, se = stages.wald(cx.comps, cx.des.control, theta, a["b"], a["coef"],
+                          cx.without_covariates(a["wald_tab"]),
                           cx.theta_lo, args, minmu)
     return {"disp": disp.T, "lfc": lfc.T / math.log(2), "se": se.T / math.log(2)}
 

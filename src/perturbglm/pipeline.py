@@ -310,7 +310,7 @@ def run(path: str, opts: Options, out_dir: str, overwrite: bool = False,
     at = summaries.atoms(des.cell_group, sf, des.covariates, des.categorical_only,
                          des.n_groups)
     n_control_atoms = int(np.diff(at.atom_ptr)[des.control])
-    if n_control_atoms > NUMERIC_COVARIATE_WARNING:
+    if not des.categorical_only and n_control_atoms > NUMERIC_COVARIATE_WARNING:
         warnings.warn(
             f"a numeric covariate ({', '.join(opts.covariates)}) makes each of the "
             f"{n_control_atoms:,} control cells its own size-factor atom, and every "

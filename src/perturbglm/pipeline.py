@@ -240,7 +240,7 @@ class Blocks:
         if self._last[0] != i:
             self._last = (None, None)
             g0, g1 = self.genes(i)
-            self._last = (i, summaries.build_block(*self.store.load(*self.ranges[i]), g0, g1,
+            self._last = (i, summaries.build_block(self.store.parts(*self.ranges[i]), g0, g1,
                                                    self.cell_group, self.at))
         return self._last[1]
 

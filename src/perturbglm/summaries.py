@@ -17,7 +17,7 @@ from collections import namedtuple
 from dataclasses import dataclass
 
 import numpy as np
-from numba import njit
+from numba import get_num_threads, njit, prange
 
 ATOM_BINS = 32         # size-factor bins per stratum of a large group
 EXACT_UP_TO = 32       # strata with at most this many cells keep one atom per cell
@@ -28,11 +28,11 @@ RECORD = np.dtype([("cell", "<i4"), ("y", "<i4")])
 class Store:
     """Non-zero counts of analysed cells, filed by gene slab.
 
-    Each chunk of the pass adds, per slab, its (cell, count) records ordered by gene (cells in
-    file order within a gene) and the number of records of each of the slab's genes, which
-    restores the gene of every record on loading: 8 bytes per non-zero. folder=None keeps
-    them in memory; otherwise each slab is a pair of append-only files in `folder` (records
-    and per-chunk gene counts), and `truncate()` cuts them back to a checkpoint."""
+    Each chunk of the pass adds its (cell, count) records ordered by gene (cells in file
+    order within a gene) and the number of records of each gene, which restores the gene of
+    every record on loading: 8 bytes per non-zero. folder=None keeps each chunk's records
+    in memory as they came; otherwise each slab is a pair of append-only files in `folder`
+    (records and per-chunk gene counts), and `truncate()` cuts them back to a checkpoint."""
 
     def __init__(self, n_genes: int, folder: str | None = None):
         self.bounds = np.append(np.arange(0, n_genes, SLAB_GENES), n_genes).astype(np.int64)
@@ -41,7 +41,7 @@ class Store:
         self.folder = folder
         self.nnz = np.zeros(self.n_slabs, dtype=np.int64)
         self.pieces = np.zeros(self.n_slabs, dtype=np.int64)
-        self._parts = None if folder else [[] for _ in range(self.n_slabs)]
+        self._chunks = None if folder else []
         self._files = None
         if folder:
             os.makedirs(folder, exist_ok=True)
@@ -63,24 +63,20 @@ class Store:
                                    logsum is not None)
         if not ok:
             return False
-        rec = rec.view(RECORD).ravel()
-        for s in range(self.n_slabs):
-            g0, g1 = self.bounds[s], self.bounds[s + 1]
-            if gene_ptr[g1] > gene_ptr[g0]:
-                self._put(s, rec[gene_ptr[g0]:gene_ptr[g1]], np.diff(gene_ptr[g0:g1 + 1]))
-        return True
-
-    def _put(self, s: int, rec: np.ndarray, per_gene: np.ndarray) -> None:
-        self.nnz[s] += rec.size
-        self.pieces[s] += 1
-        if self._parts is not None:
-            self._parts[s].append((rec, per_gene))
-            return
+        per_slab = np.diff(gene_ptr[self.bounds])
+        self.nnz += per_slab
+        self.pieces += per_slab > 0
+        if self._chunks is not None:
+            self._chunks.append((rec, gene_ptr))
+            return True
         if self._files is None:
             self._files = [tuple(open(p, "ab") for p in self._paths(i))
                            for i in range(self.n_slabs)]
-        rec.tofile(self._files[s][0])
-        per_gene.astype(np.int64).tofile(self._files[s][1])
+        for s in np.flatnonzero(per_slab):
+            g0, g1 = self.bounds[s], self.bounds[s + 1]
+            rec[gene_ptr[g0]:gene_ptr[g1]].tofile(self._files[s][0])
+            np.diff(gene_ptr[g0:g1 + 1]).tofile(self._files[s][1])
+        return True
 
     def sync(self) -> None:
         """Flush spill files to disk (before a checkpoint records their lengths)."""
@@ -109,29 +105,31 @@ class Store:
         self.nnz = np.asarray(nnz, dtype=np.int64).copy()
         self.pieces = np.asarray(pieces, dtype=np.int64).copy()
 
-    def load(self, s0: int, s1: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Every record of slabs s0..s1-1, slab by slab in the order they were added, as
-        (records: int32 n x 2 of cell and count, runs: int64 record counts of consecutive
-        runs of one gene, run_gene: int32 gene of each run)."""
-        recs, runs, run_genes = [], [], []
+    def parts(self, s0: int, s1: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Every record of slabs s0..s1-1, in the order they were added within each gene, as
+        parts (records: int32 n x 2 of cell and count, runs: int64 record counts of
+        consecutive runs of one gene, run_gene: int32 gene of each run). In memory a part is
+        a view of one chunk's records (nothing is copied); spilled, one slab's files."""
+        g0, g1 = int(self.bounds[s0]), int(self.bounds[s1])
+        out = []
+        if self._chunks is not None:
+            genes = np.arange(g0, g1, dtype=np.int32)
+            for rec, gene_ptr in self._chunks:
+                if gene_ptr[g1] > gene_ptr[g0]:
+                    out.append((rec[gene_ptr[g0]:gene_ptr[g1]], np.diff(gene_ptr[g0:g1 + 1]),
+                                genes))
+            return out
+        self.close()
         for s in range(s0, s1):
             if self.nnz[s] == 0:
                 continue
-            if self._parts is not None:
-                recs.extend(r for r, _ in self._parts[s])
-                runs.extend(c for _, c in self._parts[s])
-            else:
-                self.close()
-                rec_path, idx_path = self._paths(s)
-                recs.append(np.fromfile(rec_path, dtype=RECORD, count=int(self.nnz[s])))
-                runs.append(np.fromfile(idx_path, dtype=np.int64,
-                                        count=int(self.pieces[s]) * self._width(s)))
+            rec_path, idx_path = self._paths(s)
+            rec = np.fromfile(rec_path, dtype=np.int32, count=2 * int(self.nnz[s]))
+            runs = np.fromfile(idx_path, dtype=np.int64,
+                               count=int(self.pieces[s]) * self._width(s))
             slab_genes = np.arange(self.bounds[s], self.bounds[s + 1], dtype=np.int32)
-            run_genes.append(np.tile(slab_genes, int(self.pieces[s])))
-        if not recs:
-            return np.empty((0, 2), np.int32), np.empty(0, np.int64), np.empty(0, np.int32)
-        return (np.concatenate(recs).view(np.int32).reshape(-1, 2),
-                np.concatenate(runs).astype(np.int64, copy=False), np.concatenate(run_genes))
+            out.append((rec.reshape(-1, 2), runs, np.tile(slab_genes, int(self.pieces[s]))))
+        return out
 
     def blocks(self, max_nnz: int, max_slabs: int) -> list[tuple[int, int]]:
         """Consecutive slab ranges of at most max_slabs slabs holding at most max_nnz records
@@ -278,36 +276,45 @@ def atoms(cell_group: np.ndarray, size_factors: np.ndarray, covariates: np.ndarr
                  cell_logs=cell_logs, cell_atom=cell_atom)
 
 
-@njit(cache=True)
-def _order(rec, runs, run_gene, g0, n_genes, cell_group, G):
-    """Counting sort of Store.load's records by (gene, group), stable: O(records)."""
-    n_keys = n_genes * G
-    ptr = np.zeros(n_keys + 1, dtype=np.int64)
-    e = 0
+@njit(cache=True, parallel=True)
+def _sort_part(rec, runs, run_gene, g0, cell_group, G, pos, out_y, out_cell, place, bands):
+    """One part of the counting sort by (gene, group) (see `build_block`): place=False adds
+    its records to the key counts pos[key + 1], place=True moves them to out at pos[key].
+    Genes are split into `bands` (one per thread), each walking the part in order, so every
+    key is filled in record order whatever the number of bands."""
+    start = np.zeros(runs.shape[0] + 1, dtype=np.int64)
     for t in range(runs.shape[0]):
-        base = (run_gene[t] - g0) * G
-        for _ in range(runs[t]):
-            ptr[base + cell_group[rec[e, 0]] + 1] += 1
-            e += 1
-    for k in range(n_keys):
-        ptr[k + 1] += ptr[k]
-    pos = ptr[:-1].copy()
-    out_y = np.empty(rec.shape[0], dtype=np.int32)
-    out_cell = np.empty(rec.shape[0], dtype=np.int32)
-    e = 0
-    for t in range(runs.shape[0]):
-        base = (run_gene[t] - g0) * G
-        for _ in range(runs[t]):
-            k = base + cell_group[rec[e, 0]]
-            out_y[pos[k]] = rec[e, 1]
-            out_cell[pos[k]] = rec[e, 0]
-            pos[k] += 1
-            e += 1
-    return ptr, out_y, out_cell
+        start[t + 1] = start[t] + runs[t]
+    n_keys = pos.shape[0] - 1
+    width = (n_keys // G + bands - 1) // bands
+    for band in prange(bands):
+        lo = g0 + band * width
+        for t in range(runs.shape[0]):
+            if run_gene[t] < lo or run_gene[t] >= lo + width:
+                continue
+            base = (run_gene[t] - g0) * G
+            for e in range(start[t], start[t + 1]):
+                k = base + cell_group[rec[e, 0]]
+                if place:
+                    out_y[pos[k]] = rec[e, 1]
+                    out_cell[pos[k]] = rec[e, 0]
+                    pos[k] += 1
+                else:
+                    pos[k + 1] += 1
 
 
-def build_block(rec: np.ndarray, runs: np.ndarray, run_gene: np.ndarray, g0: int, g1: int,
-                cell_group: np.ndarray, at: Atoms) -> GeneBlock:
-    """The block of genes g0..g1-1 from the records of Store.load."""
-    ptr, y, cell = _order(rec, runs, run_gene, g0, g1 - g0, cell_group, at.G)
+def build_block(parts: list, g0: int, g1: int, cell_group: np.ndarray, at: Atoms) -> GeneBlock:
+    """The block of genes g0..g1-1 from the parts of Store.parts, by a stable counting sort
+    by (gene, group): O(records), and nothing copied before it."""
+    ptr = np.zeros((g1 - g0) * at.G + 1, dtype=np.int64)
+    empty = np.empty(0, dtype=np.int32)
+    bands = get_num_threads()
+    for rec, runs, run_gene in parts:
+        _sort_part(rec, runs, run_gene, g0, cell_group, at.G, ptr, empty, empty, False, bands)
+    np.cumsum(ptr, out=ptr)
+    y = np.empty(ptr[-1], dtype=np.int32)
+    cell = np.empty(ptr[-1], dtype=np.int32)
+    pos = ptr.copy()
+    for rec, runs, run_gene in parts:
+        _sort_part(rec, runs, run_gene, g0, cell_group, at.G, pos, y, cell, True, bands)
     return GeneBlock(g0=g0, atoms=at, nz_ptr=ptr, nz_y=y, nz_cell=cell)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import h5py
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
+from typing import NamedTuple
 
 from .errors import InputError
 
@@ -32,6 +32,24 @@ class CountSource:
     layout: str       # "csr", "csc" or "dense"
     n_cells: int
     n_genes: int
+
+
+class Compressed(NamedTuple):
+    """A slice of the matrix in compressed form: rows are cells (CSR) or genes (CSC). The
+    scan needs nothing more of it, which spares importing scipy.sparse (0.12 s). shape is
+    (rows, columns) of the slice."""
+
+    indptr: np.ndarray
+    indices: np.ndarray
+    data: np.ndarray
+    shape: tuple[int, int]
+
+    @classmethod
+    def from_dense(cls, block: np.ndarray) -> "Compressed":
+        """The non-zero (and NaN) entries of a dense cells x genes block."""
+        stored = block != 0
+        indptr = np.concatenate([[0], np.cumsum(stored.sum(axis=1))]).astype(np.int64)
+        return cls(indptr, np.nonzero(stored)[1], block[stored], block.shape)
 
 
 def open_h5ad(path: str) -> h5py.File:
@@ -133,8 +151,8 @@ def read_obs(f: h5py.File, wanted: list[str]) -> pd.DataFrame:
 
 
 def iter_cell_chunks(f: h5py.File, src: CountSource, chunk_cells: int, first: int = 0):
-    """Yield (start, CSR chunk of counts, as stored) over consecutive cell ranges from
-    `first` (CSR or dense storage)."""
+    """Yield (start, `Compressed` chunk of counts, as stored) over consecutive cell ranges
+    from `first` (CSR or dense storage)."""
     node = f[src.key]
     if src.layout == "csr":
         indptr = node["indptr"][:].astype(np.int64)
@@ -142,18 +160,16 @@ def iter_cell_chunks(f: h5py.File, src: CountSource, chunk_cells: int, first: in
         for start in range(first, src.n_cells, chunk_cells):
             stop = min(start + chunk_cells, src.n_cells)
             lo, hi = indptr[start], indptr[stop]
-            chunk = sp.csr_matrix(
-                (data_ds[lo:hi], ind_ds[lo:hi], indptr[start:stop + 1] - lo),
-                shape=(stop - start, src.n_genes))
-            yield start, chunk
+            yield start, Compressed(indptr[start:stop + 1] - lo, ind_ds[lo:hi], data_ds[lo:hi],
+                                    (stop - start, src.n_genes))
     else:
         for start in range(first, src.n_cells, chunk_cells):
             stop = min(start + chunk_cells, src.n_cells)
-            yield start, sp.csr_matrix(node[start:stop])
+            yield start, Compressed.from_dense(node[start:stop])
 
 
 def iter_gene_slices(f: h5py.File, src: CountSource, chunk_nnz: int, first: int = 0):
-    """CSC storage: yield (g0, CSC slice of counts as stored, all cells x genes g0..) over
+    """CSC storage: yield (g0, `Compressed` slice of genes g0.. as stored) over
     consecutive gene ranges from `first` holding about chunk_nnz non-zeros each: sequential
     reads, never the whole matrix."""
     node = f[src.key]
@@ -164,9 +180,8 @@ def iter_gene_slices(f: h5py.File, src: CountSource, chunk_nnz: int, first: int 
         g1 = int(np.searchsorted(indptr, indptr[g0] + chunk_nnz, side="right")) - 1
         g1 = min(max(g1, g0 + 1), src.n_genes)
         lo, hi = indptr[g0], indptr[g1]
-        yield g0, sp.csc_matrix(
-            (data_ds[lo:hi], ind_ds[lo:hi], indptr[g0:g1 + 1] - lo),
-            shape=(src.n_cells, g1 - g0))
+        yield g0, Compressed(indptr[g0:g1 + 1] - lo, ind_ds[lo:hi], data_ds[lo:hi],
+                             (g1 - g0, src.n_cells))
         g0 = g1
 
 

@@ -58,7 +58,7 @@ def first_pass(f, src, cell_group, store, chunk_nnz, chunk_cells, ws=None,
             check_counts(part.data, f"{unit} from {first}", src.key)
             raise InputError(f"'{src.key}' holds values that are not counts ({unit} from "
                              f"{first}); give raw counts")
-        position = first + part.shape[1 if csc else 0]
+        position = first + part.shape[0]
         if progress:
             progress("reading", position, total, unit)
         if ws is not None and time.perf_counter() - last > CHECKPOINT_SECONDS:
@@ -82,7 +82,6 @@ def poscounts_pass(f, src, cell_group, logsum, chunk_cells, progress=None):
         progress("poscounts", 0, src.n_cells, "cells")
     for start, chunk in iter_cell_chunks(f, src, chunk_cells):
         stop = start + chunk.shape[0]
-        chunk.eliminate_zeros()
         sf[start:stop] = sf_mod.median_ratios(chunk, log_geo)
         if progress:
             progress("poscounts", stop, src.n_cells, "cells")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 
 from .errors import InputError
 
@@ -19,17 +18,20 @@ def log_geometric_means(logsum: np.ndarray, n_cells: int) -> np.ndarray:
     return logsum / max(n_cells, 1)
 
 
-def median_ratios(counts: sp.csr_matrix, log_geo: np.ndarray) -> np.ndarray:
+def median_ratios(counts, log_geo: np.ndarray) -> np.ndarray:
     """Each cell's median ratio of its positive counts to the genes' geometric means
-    (DESeq2's poscounts before rescaling); 0 for a cell with no counts."""
+    (DESeq2's poscounts before rescaling); 0 for a cell with no counts. counts: a CSR
+    chunk (indptr, indices, data, shape), whose stored zeros are skipped."""
     n_cells = counts.shape[0]
-    counts_per_cell = np.diff(counts.indptr)
-    rows = np.repeat(np.arange(n_cells), counts_per_cell)
-    ratios = np.log(counts.data) - log_geo[counts.indices]
+    rows = np.repeat(np.arange(n_cells), np.diff(counts.indptr))
+    pos = counts.data > 0
+    rows = rows[pos]
+    counts_per_cell = np.bincount(rows, minlength=n_cells)
+    ratios = np.log(counts.data[pos]) - log_geo[counts.indices[pos]]
     ratios = ratios[np.lexsort((ratios, rows))]
     sf = np.zeros(n_cells)
     has = counts_per_cell > 0
-    start = counts.indptr[:-1][has]
+    start = (np.cumsum(counts_per_cell) - counts_per_cell)[has]
     n = counts_per_cell[has]
     sf[has] = np.exp(0.5 * (ratios[start + (n - 1) // 2] + ratios[start + n // 2]))
     return sf

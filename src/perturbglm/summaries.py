@@ -60,7 +60,7 @@ class Store:
         cells to logsum[gene]. Returns False, filing nothing, when a value is not a count."""
         rec, gene_ptr, ok = _split(ptr, minor, data, first, by_cell, keep, self.n_genes,
                                    totals, logsum if logsum is not None else np.zeros(0),
-                                   logsum is not None)
+                                   logsum is not None, get_num_threads())
         if not ok:
             return False
         per_slab = np.diff(gene_ptr[self.bounds])
@@ -144,39 +144,66 @@ class Store:
         return out
 
 
-@njit(cache=True)
-def _split(ptr, minor, data, first, by_cell, keep, n_genes, totals, logsum, want_logsum):
-    """One pass over a compressed slice: check every value is a count (ok=False at the first
-    that is not), sum cell totals, and order the non-zeros of kept cells by gene (slice order
-    within a gene) as (cell, count) records, an int32 array n x 2, with gene_ptr giving each
-    gene's range."""
+@njit(cache=True, parallel=True)
+def _split(ptr, minor, data, first, by_cell, keep, n_genes, totals, logsum, want_logsum,
+           bands):
+    """Order the non-zeros of kept cells in a compressed slice by gene (slice order within a
+    gene) as (cell, count) records, an int32 array n x 2 with gene_ptr giving each gene's
+    range; check every value is a count (ok=False if one is not), add them to the cells'
+    totals and, if want_logsum, their logs to the genes' logsum. The slice's rows are split
+    into `bands` consecutive ranges counted and placed in parallel; the order, and every
+    sum (of whole counts, or per gene in record order), do not depend on the split."""
+    n_rows = ptr.shape[0] - 1
+    cut = np.zeros(bands + 1, dtype=np.int64)
+    for t in range(1, bands + 1):
+        cut[t] = np.searchsorted(ptr, ptr[0] + (ptr[n_rows] - ptr[0]) * t // bands)
+    cut[bands] = n_rows
+    counts = np.zeros((bands, n_genes + 1), dtype=np.int64)
+    part_totals = np.zeros((1 if by_cell else bands, totals.shape[0]))
+    bad = np.zeros(bands, dtype=np.bool_)
+    for t in prange(bands):
+        for r in range(cut[t], cut[t + 1]):
+            for e in range(ptr[r], ptr[r + 1]):
+                v = data[e]
+                if not (v >= 0.0 and v < 2147483648.0 and v == math.floor(v)):
+                    bad[t] = True
+                    continue
+                cell = first + r if by_cell else minor[e]
+                gene = minor[e] if by_cell else first + r
+                if by_cell:
+                    totals[cell] += v
+                else:
+                    part_totals[t, cell] += v
+                if v > 0.0 and keep[cell]:
+                    counts[t, gene + 1] += 1
     gene_ptr = np.zeros(n_genes + 1, dtype=np.int64)
-    for r in range(ptr.shape[0] - 1):
-        for e in range(ptr[r], ptr[r + 1]):
-            v = data[e]
-            if not (v >= 0.0 and v < 2147483648.0 and v == math.floor(v)):
-                return np.empty((0, 2), dtype=np.int32), gene_ptr, False
-            cell = first + r if by_cell else minor[e]
-            gene = minor[e] if by_cell else first + r
-            totals[cell] += v
-            if v > 0.0 and keep[cell]:
-                gene_ptr[gene + 1] += 1
-                if want_logsum:
-                    logsum[gene] += math.log(v)
+    if np.any(bad):
+        return np.empty((0, 2), dtype=np.int32), gene_ptr, False
+    if not by_cell:
+        for t in range(bands):
+            totals += part_totals[t]
     for g in range(n_genes):
-        gene_ptr[g + 1] += gene_ptr[g]
-    pos = gene_ptr[:-1].copy()
+        gene_ptr[g + 1] = gene_ptr[g]
+        for t in range(bands):
+            c = counts[t, g + 1]
+            counts[t, g] = gene_ptr[g + 1]
+            gene_ptr[g + 1] += c
     rec = np.empty((gene_ptr[n_genes], 2), dtype=np.int32)
-    for r in range(ptr.shape[0] - 1):
-        for e in range(ptr[r], ptr[r + 1]):
-            v = data[e]
-            cell = first + r if by_cell else minor[e]
-            gene = minor[e] if by_cell else first + r
-            if v > 0.0 and keep[cell]:
-                t = pos[gene]
-                pos[gene] += 1
-                rec[t, 0] = cell
-                rec[t, 1] = int(v)
+    for t in prange(bands):
+        pos = counts[t]
+        for r in range(cut[t], cut[t + 1]):
+            for e in range(ptr[r], ptr[r + 1]):
+                v = data[e]
+                cell = first + r if by_cell else minor[e]
+                gene = minor[e] if by_cell else first + r
+                if v > 0.0 and keep[cell]:
+                    rec[pos[gene], 0] = cell
+                    rec[pos[gene], 1] = int(v)
+                    pos[gene] += 1
+    if want_logsum:
+        for g in prange(n_genes):
+            for e in range(gene_ptr[g], gene_ptr[g + 1]):
+                logsum[g] += math.log(rec[e, 1])
     return rec, gene_ptr, True
 
 

@@ -9,7 +9,7 @@ from scipy.special import digamma as sp_digamma
 from scipy.special import gammaln, polygamma
 from scipy.stats import false_discovery_control
 
-from perturbglm import kernels, special, summaries
+from perturbglm import hermite, kernels, special, summaries
 from perturbglm.pipeline import bh
 
 
@@ -57,8 +57,8 @@ def _small_block(seed=0, n=300, genes=3, groups=2, q=0):
 
 def _profile(theta, b, c, g, k, data, minmu):
     """The package's profile of one group at intercept b."""
-    state = kernels.fixed_mu(np.full(1, k), np.full(1, b), c, g, data, minmu)
-    return kernels.profile(theta, *state)
+    state = kernels.fixed_mu(np.full(1, k), np.full(1, b), c, g, data)
+    return kernels.profile(theta, state, data, minmu)
 
 
 def _direct_profile(theta, b, c, y, sf, z, minmu):
@@ -157,11 +157,11 @@ def test_hermite_interpolation():
     nodes = x0 + h * np.arange(20)
     f, d1, d2 = np.sin(nodes), np.cos(nodes), -np.sin(nodes)
     for x in np.linspace(-2.9, 5.9, 37):
-        v, v1, v2 = kernels.quintic_hermite(x, x0, h, f, d1, d2)
+        v, v1, v2 = hermite.quintic_hermite(x, x0, h, f, d1, d2)
         assert v == pytest.approx(math.sin(x), abs=1e-6)
         assert v1 == pytest.approx(math.cos(x), abs=1e-4)
         assert v2 == pytest.approx(-math.sin(x), abs=1e-2)
-        assert kernels.cubic_hermite(x, x0, h, f, d1) == pytest.approx(math.sin(x), abs=1e-3)
+        assert hermite.cubic_hermite(x, x0, h, f, d1) == pytest.approx(math.sin(x), abs=1e-3)
 
 
 def test_benjamini_hochberg_matches_scipy():
@@ -229,22 +229,21 @@ def test_cox_reid_determinant_with_covariates():
     b = np.array([-0.3, 0.2])
     c = np.array([0.4, -0.5])
     mu = np.exp(X @ np.append(b, c) + np.log(sf))
-    state = kernels.fixed_mu(ks, b, c, 0, args, 1e-6)
-    az = kernels.atoms_z(ks, args)
+    state = kernels.fixed_mu(ks, b, c, 0, args)
 
     def cr(theta):
         w = mu / (1 + math.exp(theta) * mu)
         D = [np.sum(w[group == k]) for k in ks]
-        return np.log(D).sum() + _log_det_terms(kernels.schur_terms(theta, *state[:4], az))[0]
+        return np.log(D).sum() + _log_det_terms(kernels.schur_terms(theta, state, args, 1e-6))[0]
 
     for theta in (-2.0, 0.0, 1.5):
         w = mu / (1 + math.exp(theta) * mu)
         assert cr(theta) == pytest.approx(np.linalg.slogdet(X.T @ (X * w[:, None]))[1],
                                           rel=1e-10)
-        _, L1, L2 = _log_det_terms(kernels.schur_terms(theta, *state[:4], az))
+        _, L1, L2 = _log_det_terms(kernels.schur_terms(theta, state, args, 1e-6))
         eps = 1e-4
-        lp = _log_det_terms(kernels.schur_terms(theta + eps, *state[:4], az))[0]
-        lm = _log_det_terms(kernels.schur_terms(theta - eps, *state[:4], az))[0]
-        l0 = _log_det_terms(kernels.schur_terms(theta, *state[:4], az))[0]
+        lp = _log_det_terms(kernels.schur_terms(theta + eps, state, args, 1e-6))[0]
+        lm = _log_det_terms(kernels.schur_terms(theta - eps, state, args, 1e-6))[0]
+        l0 = _log_det_terms(kernels.schur_terms(theta, state, args, 1e-6))[0]
         assert L1 == pytest.approx((lp - lm) / (2 * eps), rel=1e-6, abs=1e-8)
         assert L2 == pytest.approx((lp - 2 * l0 + lm) / eps**2, rel=1e-4, abs=1e-6)

@@ -6,7 +6,8 @@ groups' intercepts (`joint_fit`). Sums over a group's cells are split as DESIGN.
 describes, so that the work follows non-zeros:
 
 - over *all* cells of the group through its "atoms": size-factor bins (log s, weight,
-  spread, covariate row) shared by every gene;
+  spread, covariate row) shared by every gene, and without covariates through a table per
+  group (zero_terms.py);
 - corrected over the gene's non-zero cells, whose counts are summed per atom.
 
 Within an atom, a sum over its cells of a smooth function of log mu is taken as its
@@ -21,7 +22,8 @@ Data layout (see `summaries.GeneBlock`): atoms of group k are atom_ptr[k]:atom_p
 with the mean log size factor of its cells, their number and the sum of their squared
 deviations from that mean (atom_w2, 0 for single cells); cell_atom maps a cell to its atom.
 Non-zero entries of gene g in group k are nz_ptr[g*G+k]:nz_ptr[g*G+k+1], with counts nz_y and
-cell indices nz_cell into cell_logs / cell_atom.
+cell indices nz_cell into cell_logs / cell_atom. The tab_* arrays hold the groups' zero-count
+tables (zero_terms.build), empty with covariates.
 
 Dispersion is optimised in theta = log(a). All derivatives are analytic in theta.
 """
@@ -32,14 +34,7 @@ import numpy as np
 from numba import njit
 
 from .special import SMALL_COUNT, lgamma_ratio
-
-
-@njit(cache=True)
-def _offset(logs, z, c):
-    out = logs
-    for j in range(c.shape[0]):
-        out += z[j] * c[j]
-    return out
+from .zero_terms import atom_mean, atom_rho, group_zero
 
 
 @njit(cache=True)
@@ -76,46 +71,31 @@ def _add_moments(moments, cell, y, first, data):
 
 
 @njit(cache=True)
-def fixed_mu(ks, bk, c, g, data, minmu):
-    """Everything the Cox-Reid profile of gene g in groups ks needs once mu is held fixed
-    (intercepts bk):
-    - every atom's mu (at its mean log size factor), weight and spread w2 (the sum of its
-      cells' squared log size-factor deviations);
-    - the gene's counts summed per atom, with their first and second moments in those
-      deviations (Y0, Y1, Y2), so that sums over non-zero cells are second-order expansions
-      about the atom (exact for single-cell atoms);
+def fixed_mu(ks, bk, c, g, data):
+    """What the Cox-Reid profile of gene g in groups ks needs once mu is held fixed
+    (intercepts bk, covariate coefficients c), and what `mle` needs of a single group,
+    besides the groups' atoms (zero_terms.py):
+    - the gene's counts summed per atom that has any, with their first and second moments
+      in the cells' log size-factor deviations from the atom's (Y0, Y1, Y2), so that sums
+      over non-zero cells are second-order expansions about the atom (exact for single-cell
+      atoms), and the atom's mean at b = 0, e_base (a group's mean is e^b e_base);
     - the count tail table tail[i, j] = #cells of group ks[i] with j < y <= SMALL_COUNT,
       which turns the log-gamma terms into one log per count level, and the larger counts.
-    A mu floored at minmu does not move with the size factor: its expansion terms are 0."""
+    Returns the state (ks, bk, c, e_ptr, e_base, e_y, big_ptr, big_y, tail)."""
     n = ks.shape[0]
-    a_ptr = np.zeros(n + 1, dtype=np.int64)
     n_nz = 0
     for i in range(n):
-        k = ks[i]
-        a_ptr[i + 1] = a_ptr[i] + data.atom_ptr[k + 1] - data.atom_ptr[k]
-        n_nz += data.nz_ptr[g * data.G + k + 1] - data.nz_ptr[g * data.G + k]
-    a_mu = np.empty(a_ptr[n])
-    a_w = np.empty(a_ptr[n])
-    a_w2 = np.empty(a_ptr[n])
+        n_nz += data.nz_ptr[g * data.G + ks[i] + 1] - data.nz_ptr[g * data.G + ks[i]]
     e_ptr = np.zeros(n + 1, dtype=np.int64)
-    e_mu = np.empty(min(n_nz, a_ptr[n]))
-    e_y = np.empty((min(n_nz, a_ptr[n]), 3))
+    e_base = np.empty(n_nz)
+    e_y = np.empty((n_nz, 3))
     big_ptr = np.zeros(n + 1, dtype=np.int64)
     big_y = np.empty(n_nz)
     tail = np.zeros((n, SMALL_COUNT))
     for i in range(n):
         k = ks[i]
         first = data.atom_ptr[k]
-        n_a = data.atom_ptr[k + 1] - first
-        floored = np.zeros(n_a, dtype=np.bool_)
-        for j in range(first, data.atom_ptr[k + 1]):
-            t = a_ptr[i] + j - first
-            raw = math.exp(bk[i] + _offset(data.atom_logs[j], data.atom_z[j], c))
-            floored[j - first] = raw < minmu
-            a_mu[t] = max(raw, minmu)
-            a_w[t] = data.atom_w[j]
-            a_w2[t] = 0.0 if floored[j - first] else data.atom_w2[j]
-        moments = np.zeros((n_a, 3))
+        moments = np.zeros((data.atom_ptr[k + 1] - first, 3))
         big_ptr[i + 1] = big_ptr[i]
         for e in range(data.nz_ptr[g * data.G + k], data.nz_ptr[g * data.G + k + 1]):
             y = float(data.nz_y[e])
@@ -127,61 +107,58 @@ def fixed_mu(ks, bk, c, g, data, minmu):
                 big_y[big_ptr[i + 1]] = y
                 big_ptr[i + 1] += 1
         t = e_ptr[i]
-        for j in range(n_a):
+        for j in range(moments.shape[0]):
             if moments[j, 0] > 0.0:
-                e_mu[t] = a_mu[a_ptr[i] + j]
+                e_base[t] = atom_mean(first + j, 0.0, c, data, 0.0)[0]
                 e_y[t, 0] = moments[j, 0]
-                e_y[t, 1] = 0.0 if floored[j] else moments[j, 1]
-                e_y[t, 2] = 0.0 if floored[j] else moments[j, 2]
+                e_y[t, 1] = moments[j, 1]
+                e_y[t, 2] = moments[j, 2]
                 t += 1
         e_ptr[i + 1] = t
-    return a_ptr, a_mu, a_w, a_w2, e_ptr, e_mu, e_y, big_ptr, big_y, tail
+    return ks, bk, c, e_ptr, e_base, e_y, big_ptr, big_y, tail
 
 
 @njit(cache=True)
-def _atom_sums(am, w, w2):
-    """Second-order sums over an atom's w cells (spread w2) of u and of q, q^2, q^3 (see
-    _sigmoid_terms) at lambda = log(a mu): the atom's zero-count log-likelihood is -U/a, its
-    weight sum_i mu_i/(1 + a mu_i) is Q1/a, and its theta derivatives are -Q2/a and
-    (2 Q3 - Q2)/a."""
-    h = 0.5 * w2
-    u, q, p, k, _ = _sigmoid_terms(am)
-    return (w * u + h * p, w * q + h * k, w * q * q + h * (2.0 * p * p + 2.0 * q * k),
-            w * q * q * q + h * (6.0 * q * p * p + 3.0 * q * q * k))
+def _zero_weights(theta, emu, R1, R2, R3):
+    """From zero-count sums (zero_terms.py): the Fisher weight V = sum mu/(1 + a mu) of the
+    cells and its first two theta derivatives."""
+    r = math.exp(-theta)
+    return emu + r * R1, -r * (R1 - R2), r * (R3 + R1 - 2.0 * R2)
 
 
 @njit(cache=True)
-def schur_terms(theta, a_ptr, a_mu, a_w, a_w2, a_z):
-    """The covariate part of DESeq2's Cox-Reid term for the groups of a `fixed_mu` state
-    (a_z: the covariate rows of its atoms, from `atoms_z`). With an intercept per group and
-    shared coefficients c, the information X'WX has a diagonal intercept block, so
-    log det X'WX = sum_k log D_k + log det S, S = sum_k (C_k - B_k B_k' / D_k), where D_k,
-    B_k and C_k sum w, w z and w z z' over group k's cells. Returns S and its first two
-    theta derivatives, stacked (3 x q x q); `profile` holds the sum_k log D_k part."""
-    q = a_z.shape[1]
+def schur_terms(theta, state, data, minmu):
+    """The covariate part of DESeq2's Cox-Reid term for the groups of a `fixed_mu` state.
+    With an intercept per group and shared coefficients c, the information X'WX has a
+    diagonal intercept block, so log det X'WX = sum_k log D_k + log det S,
+    S = sum_k (C_k - B_k B_k' / D_k), where D_k, B_k and C_k sum w, w z and w z z' over
+    group k's cells. Returns S and its first two theta derivatives, stacked (3 x q x q);
+    `profile` holds the sum_k log D_k part."""
+    ks, bk, c = state[0], state[1], state[2]
+    q = data.atom_z.shape[1]
     a = math.exp(theta)
-    r = 1.0 / a
     S = np.zeros((3, q, q))
     D = np.zeros(3)
     B = np.zeros((3, q))
     C = np.zeros((3, q, q))
     wt = np.zeros(3)
-    for i in range(a_ptr.shape[0] - 1):
+    for i in range(ks.shape[0]):
         D[:] = 0.0
         B[:] = 0.0
         C[:] = 0.0
-        for t in range(a_ptr[i], a_ptr[i + 1]):
-            _, Q1, Q2, Q3 = _atom_sums(a * a_mu[t], a_w[t], a_w2[t])
-            wt[0] = r * Q1
-            wt[1] = -r * Q2
-            wt[2] = r * (2.0 * Q3 - Q2)
+        for t in range(data.atom_ptr[ks[i]], data.atom_ptr[ks[i] + 1]):
+            _, mu, h = atom_mean(t, bk[i], c, data, minmu)
+            w = data.atom_w[t]
+            _, R1, R2, R3 = atom_rho(a * mu, w, h)
+            wt[0], wt[1], wt[2] = _zero_weights(theta, (w + h) * mu, R1, R2, R3)
+            z = data.atom_z[t]
             for d in range(3):
                 D[d] += wt[d]
                 for u in range(q):
-                    wz = wt[d] * a_z[t, u]
+                    wz = wt[d] * z[u]
                     B[d, u] += wz
                     for v in range(q):
-                        C[d, u, v] += wz * a_z[t, v]
+                        C[d, u, v] += wz * z[v]
         if D[0] <= 0.0:
             continue
         for u in range(q):
@@ -198,55 +175,35 @@ def schur_terms(theta, a_ptr, a_mu, a_w, a_w2, a_z):
 
 
 @njit(cache=True)
-def atoms_z(ks, data):
-    """The covariate rows of the atoms of groups ks, in `fixed_mu`'s order."""
-    n = 0
-    for k in ks:
-        n += data.atom_ptr[k + 1] - data.atom_ptr[k]
-    out = np.empty((n, data.atom_z.shape[1]))
-    t = 0
-    for k in ks:
-        m = data.atom_ptr[k + 1] - data.atom_ptr[k]
-        out[t:t + m] = data.atom_z[data.atom_ptr[k]:data.atom_ptr[k + 1]]
-        t += m
-    return out
-
-
-@njit(cache=True)
-def profile(theta, a_ptr, a_mu, a_w, a_w2, e_ptr, e_mu, e_y, big_ptr, big_y, tail):
+def profile(theta, state, data, minmu):
     """DESeq2's Cox-Reid adjusted log-likelihood with mu held fixed, summed over the groups
     of a `fixed_mu` state: per group sum_i ll(y_i; mu_i, a) - 0.5 log(sum_i mu_i/(1 + a mu_i)),
     and its first two derivatives in theta. Terms free of a are dropped, as DESeq2 does.
 
-    A count y adds lgamma(y + r) - lgamma(r) + y theta - (y + r) log(1 + a mu) (r = 1/a);
-    as the atoms already counted the cell as a zero, -r log(1 + a mu), the non-zero cell adds
-    the difference lgamma(y + r) - lgamma(r) + y theta - y log(1 + a mu). Sums over an atom's
-    cells are expanded to second order in their log size-factor deviations."""
+    Every cell is first counted as a zero, -r u (r = 1/a, u = log(1 + a mu)); a count y then
+    adds the difference lgamma(y + r) - lgamma(r) + y theta - y u. Sums over an atom's cells
+    are expanded to second order in their log size-factor deviations; a mean floored at
+    minmu does not move with the size factor (no expansion terms)."""
+    ks, bk, c, e_ptr, e_base, e_y, big_ptr, big_y, tail = state
     a = math.exp(theta)
     r = 1.0 / a
     F = 0.0
     F1 = 0.0
     F2 = 0.0
-    for i in range(a_ptr.shape[0] - 1):
-        f = 0.0
-        f1 = 0.0
-        f2 = 0.0
-        V = 0.0
-        V1 = 0.0
-        V2 = 0.0
-        for t in range(a_ptr[i], a_ptr[i + 1]):
-            U, Q1, Q2, Q3 = _atom_sums(a * a_mu[t], a_w[t], a_w2[t])
-            f -= r * U
-            f1 += r * (U - Q1)
-            f2 += r * (Q1 + Q2 - U)
-            V += r * Q1
-            V1 -= r * Q2
-            V2 += r * (2.0 * Q3 - Q2)
+    for i in range(ks.shape[0]):
+        emu, R0, R1, R2, R3 = group_zero(theta, ks[i], bk[i], c, data, minmu)
+        f = -emu - r * R0
+        f1 = r * (R0 - R1)
+        f2 = r * (2.0 * R1 - R2 - R0)
+        V, V1, V2 = _zero_weights(theta, emu, R1, R2, R3)
+        eb = math.exp(bk[i])
         for t in range(e_ptr[i], e_ptr[i + 1]):
+            raw = eb * e_base[t]
+            free = raw >= minmu
             y0 = e_y[t, 0]
-            y1 = e_y[t, 1]
-            y2 = 0.5 * e_y[t, 2]
-            u, q, p, k, kk = _sigmoid_terms(a * e_mu[t])
+            y1 = e_y[t, 1] if free else 0.0
+            y2 = 0.5 * e_y[t, 2] if free else 0.0
+            u, q, p, k, kk = _sigmoid_terms(a * max(raw, minmu))
             f += y0 * theta - (y0 * u + y1 * q + y2 * p)
             f1 += y0 - (y0 * q + y1 * p + y2 * k)
             f2 -= y0 * p + y1 * k + y2 * kk
@@ -280,22 +237,23 @@ def profile(theta, a_ptr, a_mu, a_w, a_w2, e_ptr, e_mu, e_y, big_ptr, big_y, tai
 
 
 @njit(cache=True)
-def _atom_terms(raw, w, w2, a, minmu):
-    """The zero-count terms of an atom whose unfloored mean (at its mean log size factor) is
-    raw: Q1 = its Fisher weight, the sum over its cells of mu/(1 + a mu); Q2 = -dQ1/dtheta;
-    P = the observed information of its log mean; gap. A mean floored at minmu no longer
-    moves (nor with the size factor: no expansion terms), and its cells add DESeq2's IRLS
-    working-response term Q1 * gap, gap = log(minmu / raw), to the score: the fits reach
-    the fixed point of DESeq2's IRLS, in which floored means keep their weight."""
-    free = raw >= minmu
-    h = 0.5 * w2 if free else 0.0
-    _, q, p, k, kk = _sigmoid_terms(a * max(raw, minmu))
+def _atom_terms(j, b, c, data, a, minmu):
+    """The zero-count terms of atom j at intercept b: raw, its unfloored mean; Q1, its Fisher
+    weight, the sum over its cells of mu/(1 + a mu); Q2 = -dQ1/dtheta; P, the observed
+    information of its log mean; gap. A mean floored at minmu no longer moves (nor with the
+    size factor: no expansion terms), and its cells add DESeq2's IRLS working-response term
+    Q1 * gap, gap = log(minmu / raw), to the score: the fits reach the fixed point of
+    DESeq2's IRLS, in which floored means keep their weight."""
+    raw, mu, h = atom_mean(j, b, c, data, minmu)
+    w = data.atom_w[j]
+    _, R1, R2, _ = atom_rho(a * mu, w, h)
     r = 1.0 / a
-    Q1 = r * (w * q + h * k)
-    Q2 = r * (w * q * q + h * (2.0 * p * p + 2.0 * q * k))
-    if free:
-        return Q1, Q2, r * (w * p + h * kk), 0.0
-    return Q1, Q2, Q1, math.log(minmu / raw)
+    emu = (w + h) * mu
+    Q1 = emu + r * R1
+    Q2 = r * (R1 - R2)
+    if raw >= minmu:
+        return raw, Q1, Q2, emu + r * R2, 0.0
+    return raw, Q1, Q2, Q1, math.log(minmu / raw)
 
 
 @njit(cache=True)
@@ -312,26 +270,40 @@ def _count_terms(raw, y0, y1, y2, a, minmu):
 
 
 @njit(cache=True)
-def _score_terms(b, a, a_ptr, a_base, a_w, a_w2, e_ptr, e_base, e_y, minmu):
+def _score_terms(theta, b, state, data, minmu):
     """Score, observed information, Fisher information and their theta derivatives for the
-    intercept b of the single group of a `fixed_mu` state built at b = 0 with no floor
-    (so mu = exp(b) * base), at dispersion a."""
-    eb = math.exp(b)
+    intercept b of the single group of a `fixed_mu` state (mu = exp(b) * base) at dispersion
+    e^theta. Without covariates and with no mean floored, the zero-count terms are the
+    group's sums (its table); otherwise atom by atom, with the floors' gaps."""
+    ks, _, c, e_ptr, e_base, e_y = state[:6]
+    k = ks[0]
+    a = math.exp(theta)
     score = 0.0
     hess = 0.0
     fisher = 0.0
     s_theta = 0.0
     f_theta = 0.0
     f_b = 0.0
-    for t in range(a_ptr[0], a_ptr[1]):
-        Q1, Q2, P, gap = _atom_terms(eb * a_base[t], a_w[t], a_w2[t], a, minmu)
-        score += Q1 * (gap - 1.0)
-        fisher += Q1
-        s_theta += Q2 * (1.0 - gap)
-        f_theta -= Q2
-        hess += P
-        if gap == 0.0:
-            f_b += P
+    if data.tab_ptr.shape[0] > 0 and b + data.tab_lmin[k] >= math.log(minmu):
+        emu, _, R1, R2, _ = group_zero(theta, k, b, c, data, minmu)
+        r = 1.0 / a
+        fisher = emu + r * R1
+        score = -fisher
+        s_theta = r * (R1 - R2)
+        f_theta = -s_theta
+        hess = emu + r * R2
+        f_b = hess
+    else:
+        for j in range(data.atom_ptr[k], data.atom_ptr[k + 1]):
+            _, Q1, Q2, P, gap = _atom_terms(j, b, c, data, a, minmu)
+            score += Q1 * (gap - 1.0)
+            fisher += Q1
+            s_theta += Q2 * (1.0 - gap)
+            f_theta -= Q2
+            hess += P
+            if gap == 0.0:
+                f_b += P
+    eb = math.exp(b)
     for t in range(e_ptr[0], e_ptr[1]):
         sc, obs, sc_theta = _count_terms(eb * e_base[t], e_y[t, 0], e_y[t, 1], e_y[t, 2], a,
                                          minmu)
@@ -342,14 +314,14 @@ def _score_terms(b, a, a_ptr, a_base, a_w, a_w2, e_ptr, e_base, e_y, minmu):
 
 
 @njit(cache=True)
-def mle(theta, a_ptr, a_base, a_w, a_w2, e_ptr, e_base, e_y, big_ptr, big_y, tail, minmu,
-        b_start):
-    """Maximum-likelihood intercept b of the single group of a `fixed_mu` state built at
-    b = 0 with no floor, at fixed dispersion exp(theta), by Newton's method on the concave
-    log-likelihood, started from b_start or (NaN) the Poisson estimate.
+def mle(theta, state, data, minmu, b_start):
+    """Maximum-likelihood intercept b of the single group of a `fixed_mu` state at fixed
+    dispersion exp(theta), by Newton's method on the concave log-likelihood, started from
+    b_start or (NaN) the Poisson estimate.
 
     Returns (b, fisher, db/dtheta, dfisher/dtheta); b = -inf and zeros for a group with no
     counts, whose MLE lies at the boundary."""
+    ks, _, c, e_ptr, _, e_y = state[:6]
     ysum = 0.0
     for t in range(e_ptr[0], e_ptr[1]):
         ysum += e_y[t, 0]
@@ -359,36 +331,28 @@ def mle(theta, a_ptr, a_base, a_w, a_w2, e_ptr, e_base, e_y, big_ptr, big_y, tai
         b = b_start
     else:
         expo = 0.0
-        for t in range(a_ptr[0], a_ptr[1]):
-            expo += (a_w[t] + 0.5 * a_w2[t]) * a_base[t]
+        for j in range(data.atom_ptr[ks[0]], data.atom_ptr[ks[0] + 1]):
+            _, mu, h = atom_mean(j, 0.0, c, data, 0.0)
+            expo += (data.atom_w[j] + h) * mu
         b = math.log(ysum / expo)
-    a = math.exp(theta)
     for _ in range(100):
-        score, hess, _, _, _, _ = _score_terms(b, a, a_ptr, a_base, a_w, a_w2, e_ptr, e_base,
-                                               e_y, minmu)
+        score, hess, _, _, _, _ = _score_terms(theta, b, state, data, minmu)
         if hess <= 0.0:
             break
         step = min(max(score / hess, -5.0), 5.0)
         b += step
         if abs(step) < 1e-12 * max(1.0, abs(b)):
             break
-    score, hess, fisher, s_theta, f_theta, f_b = _score_terms(b, a, a_ptr, a_base, a_w, a_w2,
-                                                              e_ptr, e_base, e_y, minmu)
+    score, hess, fisher, s_theta, f_theta, f_b = _score_terms(theta, b, state, data, minmu)
     db = s_theta / hess if hess > 0.0 else 0.0
     return b, fisher, db, f_theta + f_b * db
 
 
 @njit(cache=True)
-def base_state(c, g, k, data):
-    """The `fixed_mu` state of group k at b = 0 without a floor, which `mle` scales by e^b."""
-    return fixed_mu(np.full(1, k, dtype=np.int64), np.zeros(1), c, g, data, 0.0)
-
-
-@njit(cache=True)
 def group_mle(theta, c, g, k, data, minmu, b_start=np.nan):
     """`mle` of group k of gene g with covariate offsets c."""
-    state = base_state(c, g, k, data)
-    return mle(theta, *state, minmu, b_start)
+    return mle(theta, fixed_mu(np.full(1, k, dtype=np.int64), np.zeros(1), c, g, data), data,
+               minmu, b_start)
 
 
 BETA_BOUND = 30.0  # DESeq2's bound on coefficients (natural log scale)
@@ -428,8 +392,7 @@ def joint_terms(theta, ks, mom, b, c, data, minmu):
     for i in range(n):
         for j in range(data.atom_ptr[ks[i]], data.atom_ptr[ks[i] + 1]):
             z = data.atom_z[j]
-            raw = math.exp(b[i] + _offset(data.atom_logs[j], z, c))
-            Q1, _, P, gap = _atom_terms(raw, data.atom_w[j], data.atom_w2[j], a, minmu)
+            raw, Q1, _, P, gap = _atom_terms(j, b[i], c, data, a, minmu)
             s = Q1 * (gap - 1.0)
             if mom[t, 0] > 0.0:
                 sc_count, obs, _ = _count_terms(raw, mom[t, 0], mom[t, 1], mom[t, 2], a, minmu)
@@ -518,45 +481,3 @@ def contrast_variance(D, B, C):
     u = B[1] / D[1] - B[0] / D[0]
     spread = np.dot(u, np.linalg.solve(_schur_complement(D, B, C), u)) if C.shape[0] else 0.0
     return 1.0 / D[0] + 1.0 / D[1] + spread
-
-
-# --- interpolation of per-gene control tables over a uniform theta grid -------------------
-
-@njit(cache=True)
-def quintic_hermite(x, x0, h, f, d1, d2):
-    """Value, first and second derivative at x of the quintic Hermite interpolant of nodes
-    x0 + j*h carrying f, f' and f''. Clamped to the grid ends."""
-    n = f.shape[0]
-    pos = (x - x0) / h
-    j = min(max(int(math.floor(pos)), 0), n - 2)
-    t = min(max(pos - j, 0.0), 1.0)
-    t2 = t * t
-    t3 = t2 * t
-    t4 = t3 * t
-    t5 = t4 * t
-    p0, p1 = f[j], f[j + 1]
-    m0, m1 = d1[j] * h, d1[j + 1] * h
-    s0, s1 = d2[j] * h * h, d2[j + 1] * h * h
-    val = (p0 * (1 - 10 * t3 + 15 * t4 - 6 * t5) + m0 * (t - 6 * t3 + 8 * t4 - 3 * t5)
-           + s0 * 0.5 * (t2 - 3 * t3 + 3 * t4 - t5) + s1 * 0.5 * (t3 - 2 * t4 + t5)
-           + m1 * (-4 * t3 + 7 * t4 - 3 * t5) + p1 * (10 * t3 - 15 * t4 + 6 * t5))
-    der = (p0 * (-30 * t2 + 60 * t3 - 30 * t4) + m0 * (1 - 18 * t2 + 32 * t3 - 15 * t4)
-           + s0 * 0.5 * (2 * t - 9 * t2 + 12 * t3 - 5 * t4) + s1 * 0.5 * (3 * t2 - 8 * t3 + 5 * t4)
-           + m1 * (-12 * t2 + 28 * t3 - 15 * t4) + p1 * (30 * t2 - 60 * t3 + 30 * t4))
-    sec = (p0 * (-60 * t + 180 * t2 - 120 * t3) + m0 * (-36 * t + 96 * t2 - 60 * t3)
-           + s0 * 0.5 * (2 - 18 * t + 36 * t2 - 20 * t3) + s1 * 0.5 * (6 * t - 24 * t2 + 20 * t3)
-           + m1 * (-24 * t + 84 * t2 - 60 * t3) + p1 * (60 * t - 180 * t2 + 120 * t3))
-    return val, der / h, sec / (h * h)
-
-
-@njit(cache=True)
-def cubic_hermite(x, x0, h, f, d1):
-    """Value at x of the cubic Hermite interpolant of nodes x0 + j*h carrying f and f'."""
-    n = f.shape[0]
-    pos = (x - x0) / h
-    j = min(max(int(math.floor(pos)), 0), n - 2)
-    t = min(max(pos - j, 0.0), 1.0)
-    t2 = t * t
-    t3 = t2 * t
-    return ((2 * t3 - 3 * t2 + 1) * f[j] + (t3 - 2 * t2 + t) * h * d1[j]
-            + (-2 * t3 + 3 * t2) * f[j + 1] + (t3 - t2) * h * d1[j + 1])

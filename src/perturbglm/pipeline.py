@@ -172,9 +172,8 @@ def stage_a(block: summaries.GeneBlock, cx: Context) -> dict:
                                          cx.lo, float(cx.hi.max()), cx.theta_lo, args)
         start = np.repeat(optimum[:, None], bm.shape[1], axis=1)
     start[~(bm > 0)] = np.nan
-    no_prior = np.zeros(cx.dcomps.shape[0])
-    th_gene = stages.dispersions(cx.dcomps, start, start, no_prior, cx.lo, cx.hi, b, coef,
-                                 prof, cx.with_covariates(schur), cx.theta_lo, args, minmu)
+    th_gene = stages.dispersions(cx.dcomps, start, cx.lo, cx.hi, b, coef, prof,
+                                 cx.with_covariates(schur), cx.theta_lo, args, minmu)
     disp_gene = np.clip(np.exp(th_gene), MIN_DISP, cx.max_disp[None, :])
     return {"b": b, "coef": coef, "prof": prof, "schur": schur,
             "wald_tab": wald_tab,
@@ -208,19 +207,13 @@ def stage_b(block: summaries.GeneBlock, a: dict, disp_trend: np.ndarray, prior_v
     # DESeq2 starts the MAP search at the gene-wise value unless it lies 10x below the trend
     map_start = np.where(log_gene > log_trend + math.log(0.1), log_gene, log_trend)
     map_start[~(a["bm"].T > 0)] = np.nan
-    th_map = stages.dispersions(cx.dcomps, map_start, log_trend, prior_var, cx.lo, cx.hi,
-                                a["b"], a["coef"], a["prof"], cx.with_covariates(a["schur"]),
-                                cx.theta_lo, args, minmu)
-    disp = np.clip(np.exp(th_map), MIN_DISP, cx.max_disp[None, :])
     outlier = log_gene > log_trend + 2 * np.sqrt(var_log)[None, :]
-    disp = np.where(outlier, np.exp(log_gene), disp)
-    theta = np.log(disp)
-    if cx.dcomps[0] < 0:
-        theta = np.repeat(theta, cx.comps.size, axis=1)
-        theta[~(a["base_mean"].T > 0)] = np.nan
-    lfc, se = stages.wald(cx.comps, cx.des.control, theta, a["b"], a["coef"],
-                          cx.without_covariates(a["wald_tab"]),
-                          cx.theta_lo, args, minmu)
+    theta, lfc, se = stages.final_and_wald(
+        cx.dcomps, cx.comps, cx.des.control, map_start, log_trend, prior_var, log_gene,
+        outlier, cx.lo, cx.hi, math.log(MIN_DISP), a["base_mean"].T > 0, a["b"], a["coef"],
+        a["prof"], cx.with_covariates(a["schur"]), cx.without_covariates(a["wald_tab"]),
+        cx.theta_lo, args, minmu)
+    disp = np.exp(theta)
     return {"disp": disp.T, "lfc": lfc.T / math.log(2), "se": se.T / math.log(2)}
 
 

@@ -8,9 +8,9 @@
    comparison's cells; the control's dominate them).
 2. `control_tables`: the control group's contribution, tabulated once per gene over a theta
    grid, so that no comparison revisits the control cells (DESIGN.md section 3).
-3. `dispersions`: the Cox-Reid adjusted dispersion MLE of each (gene, comparison), and
-   then, with the trend as prior, its MAP dispersion.
-4. `wald`: the Wald test of each comparison.
+3. `dispersions`: the Cox-Reid adjusted dispersion MLE of each (gene, comparison).
+4. `final_and_wald`: with the trend as prior, the MAP dispersion, DESeq2's final choice,
+   and the Wald test of each comparison at it.
 """
 
 import math
@@ -18,11 +18,9 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from .hermite import cubic_hermite, quintic_hermite
 from .kernels import (
-    atoms_z,
-    base_state,
     contrast_variance,
-    cubic_hermite,
     fixed_mu,
     group_mle,
     group_moments,
@@ -30,7 +28,6 @@ from .kernels import (
     joint_terms,
     mle,
     profile,
-    quintic_hermite,
     schur_terms,
 )
 
@@ -86,25 +83,22 @@ def control_tables(theta_lo, n_prof, n_wald, control, b, coef, data, minmu):
     schur = np.zeros((n_genes, 3, q, q, n_prof if q > 0 else 0))
     wald = np.zeros((n_genes, 4, n_wald if q == 0 else 0))
     ks = np.full(1, control, dtype=np.int64)
-    z = atoms_z(ks, data)
     for g in prange(n_genes):
         c = coef[g]
-        state = fixed_mu(ks, np.full(1, b[g, control]), c, g, data, minmu)
+        state = fixed_mu(ks, np.full(1, b[g, control]), c, g, data)
         for j in range(n_prof):
             theta = theta_lo + j * PROFILE_STEP
-            h, h1, h2 = profile(theta, *state)
+            h, h1, h2 = profile(theta, state, data, minmu)
             prof[g, 0, j] = h
             prof[g, 1, j] = h1
             prof[g, 2, j] = h2
             if q > 0:
-                schur[g, :, :, :, j] = schur_terms(theta, state[0], state[1], state[2],
-                                                   state[3], z)
+                schur[g, :, :, :, j] = schur_terms(theta, state, data, minmu)
         if q > 0:
             continue
-        base = base_state(c, g, control, data)
         bj = np.nan
         for j in range(n_wald):
-            bj, fj, dbj, dfj = mle(theta_lo + j * WALD_STEP, *base, minmu, bj)
+            bj, fj, dbj, dfj = mle(theta_lo + j * WALD_STEP, state, data, minmu, bj)
             wald[g, 0, j] = bj
             wald[g, 1, j] = dbj
             wald[g, 2, j] = fj
@@ -153,11 +147,11 @@ def _log_det_terms(S):
 
 
 @njit(cache=True)
-def _covariate_cox_reid(theta, state, z, schur, theta_lo):
+def _covariate_cox_reid(theta, state, schur, theta_lo, data, minmu):
     """log det S of `schur_terms` for the groups in `state`, plus the control's S from its
     table when that is non-empty, and its first two theta derivatives."""
-    q = z.shape[1]
-    S = schur_terms(theta, state[0], state[1], state[2], state[3], z)
+    q = data.atom_z.shape[1]
+    S = schur_terms(theta, state, data, minmu)
     if schur.shape[3] > 0:
         for i in range(q):
             for j in range(q):
@@ -170,19 +164,19 @@ def _covariate_cox_reid(theta, state, z, schur, theta_lo):
 
 
 @njit(cache=True)
-def _objective(theta, state, table, cov, theta_lo, prior_mean, prior_var):
+def _objective(theta, state, table, schur, theta_lo, prior_mean, prior_var, data, minmu):
     """Profile of the groups in `state`, plus the control's from its table when that is
-    non-empty, plus, with covariates (cov = (covariate rows of the state's atoms, the
-    control's Schur table); None without, which numba compiles away), the covariate part of
-    the Cox-Reid term, plus the log-normal prior on the dispersion when prior_var > 0."""
-    F, F1, F2 = profile(theta, *state)
+    non-empty, plus, with covariates (schur: the control's Schur table; None without, which
+    numba compiles away), the covariate part of the Cox-Reid term, plus the log-normal
+    prior on the dispersion when prior_var > 0."""
+    F, F1, F2 = profile(theta, state, data, minmu)
     if table.shape[1] > 0:
         T, T1, T2 = quintic_hermite(theta, theta_lo, PROFILE_STEP, table[0], table[1], table[2])
         F += T
         F1 += T1
         F2 += T2
-    if cov is not None:
-        L, L1, L2 = _covariate_cox_reid(theta, state, cov[0], cov[1], theta_lo)
+    if schur is not None:
+        L, L1, L2 = _covariate_cox_reid(theta, state, schur, theta_lo, data, minmu)
         F -= 0.5 * L
         F1 -= 0.5 * L1
         F2 -= 0.5 * L2
@@ -195,13 +189,15 @@ def _objective(theta, state, table, cov, theta_lo, prior_mean, prior_var):
 
 
 @njit(cache=True)
-def _maximise(theta0, lo, hi, state, table, cov, theta_lo, prior_mean, prior_var):
+def _maximise(theta0, lo, hi, state, table, schur, theta_lo, prior_mean, prior_var, data,
+              minmu):
     """Maximise the objective over theta in [lo, hi]: Newton steps where it is concave,
     gradient steps elsewhere, each step halved until the objective does not decrease. A
     Newton step below FINAL_STEP is taken without evaluating its end point: convergence is
     quadratic there, so the error left is of order FINAL_STEP^2."""
     th = min(max(theta0, lo), hi)
-    F, F1, F2 = _objective(th, state, table, cov, theta_lo, prior_mean, prior_var)
+    F, F1, F2 = _objective(th, state, table, schur, theta_lo, prior_mean, prior_var, data,
+                           minmu)
     for _ in range(200):
         step = -F1 / F2 if F2 < 0.0 else (1.0 if F1 > 0.0 else -1.0)
         if F2 < 0.0 and abs(step) < FINAL_STEP:
@@ -212,7 +208,8 @@ def _maximise(theta0, lo, hi, state, table, cov, theta_lo, prior_mean, prior_var
             cand = min(max(th + step, lo), hi)
             if cand == th:
                 break
-            Fc, F1c, F2c = _objective(cand, state, table, cov, theta_lo, prior_mean, prior_var)
+            Fc, F1c, F2c = _objective(cand, state, table, schur, theta_lo, prior_mean,
+                                      prior_var, data, minmu)
             if Fc >= F - 1e-12 * abs(F):
                 moved = abs(cand - th) > 1e-9
                 th, F, F1, F2 = cand, Fc, F1c, F2c
@@ -233,84 +230,123 @@ def control_optimum(prof, schur, theta0, lo, hi, theta_lo, data):
     out = np.empty(n_genes)
     no_groups = np.empty(0, dtype=np.int64)
     for g in prange(n_genes):
-        nothing = fixed_mu(no_groups, np.empty(0), np.zeros(0), g, data, 0.0)
+        nothing = fixed_mu(no_groups, np.empty(0), np.zeros(0), g, data)
         if schur is None:
-            out[g] = _maximise(theta0, lo, hi, nothing, prof[g], None, theta_lo, 0.0, 0.0)
+            out[g] = _maximise(theta0, lo, hi, nothing, prof[g], None, theta_lo, 0.0, 0.0,
+                               data, 0.0)
         else:
-            out[g] = _maximise(theta0, lo, hi, nothing, prof[g],
-                               (atoms_z(no_groups, data), schur[g]), theta_lo, 0.0, 0.0)
+            out[g] = _maximise(theta0, lo, hi, nothing, prof[g], schur[g], theta_lo, 0.0, 0.0,
+                               data, 0.0)
     return out
 
 
+@njit(cache=True)
+def _search(g, comp, start, lo, hi, prior_mean, prior_var, b, coef, prof, schur, theta_lo,
+            data, minmu):
+    """The optimal theta of gene g in comparison comp (a group against the control, whose
+    part comes from its tables; -1: every group together) from `start`, and the gene's
+    `fixed_mu` state in the comparison's groups."""
+    if comp < 0:
+        ks = np.arange(data.G)
+        table = np.zeros((3, 0))
+    else:
+        ks = np.full(1, comp, dtype=np.int64)
+        table = prof[g]
+    state = fixed_mu(ks, b[g][ks], coef[g], g, data)
+    if schur is None:
+        th = _maximise(start, lo, hi, state, table, None, theta_lo, prior_mean, prior_var,
+                       data, minmu)
+    else:
+        q = data.atom_z.shape[1]
+        own = np.zeros((3, q, q, 0)) if comp < 0 else schur[g]
+        th = _maximise(start, lo, hi, state, table, own, theta_lo, prior_mean, prior_var,
+                       data, minmu)
+    return th, state
+
+
 @njit(cache=True, parallel=True)
-def dispersions(comps, start, prior_mean, prior_var, lo, hi, b, coef, prof, schur, theta_lo,
-                data, minmu):
-    """Optimal theta of each gene in each comparison `comps[j]` (a group index tested against
-    the control, its control part read from the tables; -1 means every group together).
-    Gene-wise estimates take prior_var[j] = 0; MAP estimates a normal prior
-    N(prior_mean[g, j], prior_var[j]). start[g, j] is where the search begins; NaN skips
-    the pair. hi[j] is the upper bound of comparison j. schur is the control's Schur table
-    with covariates, None without (numba then compiles the covariate terms away)."""
+def dispersions(comps, start, lo, hi, b, coef, prof, schur, theta_lo, data, minmu):
+    """Gene-wise (Cox-Reid adjusted maximum-likelihood) theta of each gene in each
+    comparison `comps[j]` (see `_search`), searched from start[g, j]; NaN skips the pair.
+    hi[j] is the upper bound of comparison j. schur is the control's Schur table with
+    covariates, None without (numba then compiles the covariate terms away)."""
     n_genes = b.shape[0]
     out = np.full((n_genes, comps.shape[0]), np.nan)
-    everyone = np.arange(data.G)
-    q = data.atom_z.shape[1]
-    no_table = np.zeros((3, 0))
-    no_schur = np.zeros((3, q, q, 0))
     for g in prange(n_genes):
         for j in range(comps.shape[0]):
-            if not np.isfinite(start[g, j]):
-                continue
-            joint = comps[j] < 0
-            ks = everyone if joint else np.full(1, comps[j], dtype=np.int64)
-            state = fixed_mu(ks, b[g][ks], coef[g], g, data, minmu)
-            table = no_table if joint else prof[g]
-            if schur is None:
-                out[g, j] = _maximise(start[g, j], lo, hi[j], state, table, None, theta_lo,
-                                      prior_mean[g, j], prior_var[j])
-            else:
-                cov = (atoms_z(ks, data), no_schur if joint else schur[g])
-                out[g, j] = _maximise(start[g, j], lo, hi[j], state, table, cov, theta_lo,
-                                      prior_mean[g, j], prior_var[j])
+            if np.isfinite(start[g, j]):
+                out[g, j] = _search(g, comps[j], start[g, j], lo, hi[j], 0.0, 0.0, b, coef,
+                                    prof, schur, theta_lo, data, minmu)[0]
     return out
 
 
-@njit(cache=True, parallel=True)
-def wald(comps, control, theta, b, coef, wald_table, theta_lo, data, minmu):
-    """Natural-log fold change of group comps[j] over the control at dispersion
-    exp(theta[g, j]) and its Fisher standard error. NaN where either group has no counts
-    (the MLE lies at the boundary).
+@njit(cache=True)
+def _wald_pair(th, g, k, control, b, coef, state, control_mom, wald_table, theta_lo, data,
+               minmu):
+    """Natural-log fold change of group k over the control for gene g at dispersion e^th,
+    and its Fisher standard error; NaN where either group has no counts (the MLE lies at
+    the boundary). state: the gene's `fixed_mu` state in group k.
 
     Without covariates the groups are separable: the control's MLE and information come from
     its table, SE = sqrt(1/I_control + 1/I_group). With covariates (wald_table None, which
     numba compiles as its own case), as DESeq2 does, the control, the group and the
-    covariate coefficients are fitted jointly (from the initial fit b, coef), and the SE
-    comes from the joint information."""
-    n_genes = theta.shape[0]
+    covariate coefficients are fitted jointly (from the initial fit b, coef; control_mom:
+    the control's counts per atom), and the SE comes from the joint information."""
+    if not (np.isfinite(th) and np.isfinite(b[g, control]) and np.isfinite(b[g, k])):
+        return np.nan, np.nan
+    if wald_table is None:
+        ks = np.array([control, k])
+        mom = np.concatenate((control_mom, group_moments(g, ks[1:], data)))
+        bj, cj, _ = joint_fit(th, ks, mom, b[g][ks], coef[g], data, minmu)
+        D, B, C, _, _ = joint_terms(th, ks, mom, bj, cj, data, minmu)
+        return bj[1] - bj[0], math.sqrt(contrast_variance(D[0], B[0], C[0]))
+    tab = wald_table[g]
+    b0 = cubic_hermite(th, theta_lo, WALD_STEP, tab[0], tab[1])
+    i0 = cubic_hermite(th, theta_lo, WALD_STEP, tab[2], tab[3])
+    bk, ik, _, _ = mle(th, state, data, minmu, np.nan)
+    if i0 > 0.0 and ik > 0.0:
+        return bk - b0, math.sqrt(1.0 / i0 + 1.0 / ik)
+    return np.nan, np.nan
+
+
+@njit(cache=True, parallel=True)
+def final_and_wald(dcomps, comps, control, start, prior_mean, prior_var, gene_theta, outlier,
+                   lo, hi, min_theta, valid, b, coef, prof, schur, wald_table, theta_lo, data,
+                   minmu):
+    """Stage B for every gene: the final theta of each dispersion comparison dcomps[j] and
+    the Wald test of each comparison comps[j] at it.
+
+    The final theta is DESeq2's: the MAP estimate under the prior N(prior_mean[g, j],
+    prior_var[j]), searched from start[g, j] (NaN skips it) and clipped to
+    [min_theta, hi[j]], or the gene-wise gene_theta where outlier[g, j]. With one dispersion
+    per comparison, the search's state serves its Wald fit; with one for all groups
+    (dcomps = [-1]), comparisons with valid[g, j] use it. Returns (theta, lfc, se)."""
+    n_genes = b.shape[0]
+    theta = np.full((n_genes, dcomps.shape[0]), np.nan)
     lfc = np.full((n_genes, comps.shape[0]), np.nan)
     se = np.full((n_genes, comps.shape[0]), np.nan)
+    joint = dcomps[0] < 0
     control_only = np.full(1, control, dtype=np.int64)
     for g in prange(n_genes):
         control_mom = (group_moments(g, control_only, data) if wald_table is None
                        else np.empty((0, 3)))
-        for j in range(comps.shape[0]):
-            th = theta[g, j]
-            k = comps[j]
-            if not (np.isfinite(th) and np.isfinite(b[g, control]) and np.isfinite(b[g, k])):
+        for j in range(dcomps.shape[0]):
+            if not np.isfinite(start[g, j]):
                 continue
-            if wald_table is None:
-                ks = np.array([control, k])
-                mom = np.concatenate((control_mom, group_moments(g, ks[1:], data)))
-                bj, cj, _ = joint_fit(th, ks, mom, b[g][ks], coef[g], data, minmu)
-                D, B, C, _, _ = joint_terms(th, ks, mom, bj, cj, data, minmu)
-                lfc[g, j] = bj[1] - bj[0]
-                se[g, j] = math.sqrt(contrast_variance(D[0], B[0], C[0]))
+            th, state = _search(g, dcomps[j], start[g, j], lo, hi[j], prior_mean[g, j],
+                                prior_var[j], b, coef, prof, schur, theta_lo, data, minmu)
+            th = gene_theta[g, j] if outlier[g, j] else min(max(th, min_theta), hi[j])
+            theta[g, j] = th
+            if joint:
+                for i in range(comps.shape[0]):
+                    if valid[g, i]:
+                        own = fixed_mu(np.full(1, comps[i], dtype=np.int64),
+                                       b[g][comps[i]:comps[i] + 1], coef[g], g, data)
+                        lfc[g, i], se[g, i] = _wald_pair(th, g, comps[i], control, b, coef,
+                                                         own, control_mom, wald_table,
+                                                         theta_lo, data, minmu)
             else:
-                tab = wald_table[g]
-                b0 = cubic_hermite(th, theta_lo, WALD_STEP, tab[0], tab[1])
-                i0 = cubic_hermite(th, theta_lo, WALD_STEP, tab[2], tab[3])
-                bk, ik, _, _ = group_mle(th, coef[g], g, k, data, minmu)
-                if i0 > 0.0 and ik > 0.0:
-                    lfc[g, j] = bk - b0
-                    se[g, j] = math.sqrt(1.0 / i0 + 1.0 / ik)
-    return lfc, se
+                lfc[g, j], se[g, j] = _wald_pair(th, g, comps[j], control, b, coef, state,
+                                                 control_mom, wald_table, theta_lo, data,
+                                                 minmu)
+    return theta, lfc, se

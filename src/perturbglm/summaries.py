@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 from numba import get_num_threads, njit, prange
 
+from . import zero_terms
+
 ATOM_BINS = 32         # size-factor bins per stratum of a large group
 EXACT_UP_TO = 32       # strata with at most this many cells keep one atom per cell
 SLAB_GENES = 64        # genes per slab of the store
@@ -220,11 +222,12 @@ class Atoms:
     atom_z: np.ndarray
     cell_logs: np.ndarray
     cell_atom: np.ndarray
+    tables: tuple         # zero_terms.build: (ptr, x0, R, S, C, lmin); empty with covariates
 
 
 BlockData = namedtuple("BlockData", [
     "G", "atom_ptr", "atom_logs", "atom_w", "atom_w2", "atom_z", "cell_logs", "cell_atom",
-    "nz_ptr", "nz_y", "nz_cell"])
+    "tab_ptr", "tab_x0", "tab_R", "tab_S", "tab_C", "tab_lmin", "nz_ptr", "nz_y", "nz_cell"])
 BlockData.__doc__ = "What the compiled kernels read of a gene block (layout: kernels.py)."
 
 
@@ -245,7 +248,8 @@ class GeneBlock:
     def kernel_args(self) -> BlockData:
         a = self.atoms
         return BlockData(a.G, a.atom_ptr, a.atom_logs, a.atom_w, a.atom_w2, a.atom_z,
-                         a.cell_logs, a.cell_atom, self.nz_ptr, self.nz_y, self.nz_cell)
+                         a.cell_logs, a.cell_atom, *a.tables, self.nz_ptr, self.nz_y,
+                         self.nz_cell)
 
 
 def _stratum_atoms(logs: np.ndarray):
@@ -295,12 +299,19 @@ def atoms(cell_group: np.ndarray, size_factors: np.ndarray, covariates: np.ndarr
             a_z.append(np.broadcast_to(covariates[cells_s[:1]], (lg.size, q)))
             n_atoms += lg.size
         atom_ptr.append(n_atoms)
-    return Atoms(G=G, group_n=counts_k.astype(np.float64),
-                 atom_ptr=np.asarray(atom_ptr, dtype=np.int64),
-                 atom_logs=np.concatenate(a_logs), atom_w=np.concatenate(a_w),
-                 atom_w2=np.concatenate(a_w2),
+    atom_ptr = np.asarray(atom_ptr, dtype=np.int64)
+    atom_logs = np.concatenate(a_logs)
+    atom_w = np.concatenate(a_w)
+    atom_w2 = np.concatenate(a_w2)
+    if q == 0:
+        tables = zero_terms.build(atom_ptr, atom_logs, atom_w, atom_w2)
+    else:
+        tables = (np.zeros(0, np.int64), np.zeros(0), np.zeros((4, 0)), np.zeros(0),
+                  np.zeros((0, 3)), np.zeros(0))
+    return Atoms(G=G, group_n=counts_k.astype(np.float64), atom_ptr=atom_ptr,
+                 atom_logs=atom_logs, atom_w=atom_w, atom_w2=atom_w2,
                  atom_z=np.ascontiguousarray(np.concatenate(a_z, axis=0)),
-                 cell_logs=cell_logs, cell_atom=cell_atom)
+                 cell_logs=cell_logs, cell_atom=cell_atom, tables=tables)
 
 
 @njit(cache=True, parallel=True)

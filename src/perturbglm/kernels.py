@@ -34,18 +34,17 @@ import numpy as np
 from numba import njit
 
 from .special import SMALL_COUNT, lgamma_ratio
-from .zero_terms import atom_mean, atom_rho, group_zero
+from .zero_terms import atom_mean, atom_rho, exposure, group_zero
 
 
 @njit(cache=True)
 def _sigmoid_terms(am):
-    """For a summand in lambda = log(a mu): u = log(1 + e^lambda), q = u', p = q' = q(1-q),
-    k = p', kk = p''."""
-    u = math.log1p(am)
+    """For a summand in lambda = log(a mu): q = u' of u = log(1 + e^lambda), p = q' = q(1-q),
+    k = p', kk = p'' (u itself, a log, only where the value is wanted)."""
     q = am / (1.0 + am)
     p = q * (1.0 - q)
     k = p * (1.0 - 2.0 * q)
-    return u, q, p, k, k * (1.0 - 2.0 * q) - 2.0 * p * p
+    return q, p, k, k * (1.0 - 2.0 * q) - 2.0 * p * p
 
 
 @njit(cache=True)
@@ -203,7 +202,9 @@ def profile(theta, state, data, minmu):
             y0 = e_y[t, 0]
             y1 = e_y[t, 1] if free else 0.0
             y2 = 0.5 * e_y[t, 2] if free else 0.0
-            u, q, p, k, kk = _sigmoid_terms(a * max(raw, minmu))
+            am = a * max(raw, minmu)
+            q, p, k, kk = _sigmoid_terms(am)
+            u = math.log1p(am)
             f += y0 * theta - (y0 * u + y1 * q + y2 * p)
             f1 += y0 - (y0 * q + y1 * p + y2 * k)
             f2 -= y0 * p + y1 * k + y2 * kk
@@ -264,7 +265,7 @@ def _count_terms(raw, y0, y1, y2, a, minmu):
     free = raw >= minmu
     y1 = y1 if free else 0.0
     y2 = 0.5 * y2 if free else 0.0
-    _, q, p, k, kk = _sigmoid_terms(a * max(raw, minmu))
+    q, p, k, kk = _sigmoid_terms(a * max(raw, minmu))
     Sp = y0 * p + y1 * k + y2 * kk
     return y0 - (y0 * q + y1 * p + y2 * k), Sp if free else 0.0, -Sp
 
@@ -330,11 +331,7 @@ def mle(theta, state, data, minmu, b_start):
     if np.isfinite(b_start):
         b = b_start
     else:
-        expo = 0.0
-        for j in range(data.atom_ptr[ks[0]], data.atom_ptr[ks[0] + 1]):
-            _, mu, h = atom_mean(j, 0.0, c, data, 0.0)
-            expo += (data.atom_w[j] + h) * mu
-        b = math.log(ysum / expo)
+        b = math.log(ysum / exposure(ks[0], c, data))
     for _ in range(100):
         score, hess, _, _, _, _ = _score_terms(theta, b, state, data, minmu)
         if hess <= 0.0:

@@ -109,6 +109,18 @@ def build(atom_ptr, atom_logs, atom_w, atom_w2):
 
 
 @njit(cache=True)
+def exposure(k, c, data):
+    """sum (w + h) e^offset over group k's atoms: its cells' summed means at b = 0."""
+    if data.tab_ptr.shape[0] > 0:
+        return data.tab_S[k]
+    out = 0.0
+    for j in range(data.atom_ptr[k], data.atom_ptr[k + 1]):
+        _, mu, h = atom_mean(j, 0.0, c, data, 0.0)
+        out += (data.atom_w[j] + h) * mu
+    return out
+
+
+@njit(cache=True)
 def group_zero(theta, k, b, c, data, minmu):
     """Emu and R_0..R_3 summed over group k's atoms at dispersion e^theta, intercept b and
     covariate coefficients c: from the group's table where it has one and no mean is

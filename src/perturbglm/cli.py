@@ -196,5 +196,16 @@ def main(argv=None) -> int:
         return 1
 
 
+def entry() -> None:
+    """The console command: `main`, then exit without the interpreter's teardown. Unloading
+    pandas, numba's thread pool and a run's arrays takes 0.2-0.4 s, a tenth of a 100k-cell
+    analysis; by then every output is written, closed and renamed into place, and only the
+    standard streams remain to flush."""
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

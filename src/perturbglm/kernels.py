@@ -338,8 +338,8 @@ def mle(theta, state, data, minmu, b_start):
             break
         step = min(max(score / hess, -5.0), 5.0)
         b += step
-        if abs(step) < 1e-12 * max(1.0, abs(b)):
-            break
+        if abs(step) < 1e-8 * max(1.0, abs(b)):
+            break  # quadratic convergence: the step taken leaves an error of order 1e-16
     score, hess, fisher, s_theta, f_theta, f_b = _score_terms(theta, b, state, data, minmu)
     db = s_theta / hess if hess > 0.0 else 0.0
     return b, fisher, db, f_theta + f_b * db

@@ -157,7 +157,7 @@ def test_hermite_interpolation():
     nodes = x0 + h * np.arange(20)
     f, d1, d2 = np.sin(nodes), np.cos(nodes), -np.sin(nodes)
     for x in np.linspace(-2.9, 5.9, 37):
-        v, v1, v2 = hermite.quintic_hermite(x, x0, h, f, d1, d2)
+        v, v1, v2 = hermite.quintic_hermite(x, x0, h, np.array([f, d1, d2]), 0, 0, f.size)
         assert v == pytest.approx(math.sin(x), abs=1e-6)
         assert v1 == pytest.approx(math.cos(x), abs=1e-4)
         assert v2 == pytest.approx(-math.sin(x), abs=1e-2)

@@ -285,7 +285,7 @@ def _score_terms(theta, b, state, data, minmu):
     s_theta = 0.0
     f_theta = 0.0
     f_b = 0.0
-    if data.tab_ptr.shape[0] > 0 and b + data.tab_lmin[k] >= math.log(minmu):
+    if data.tab_ptr.shape[0] > 0 and math.exp(b) * data.tab_smin[k] >= minmu:
         emu, _, R1, R2, _ = group_zero(theta, k, b, c, data, minmu)
         r = 1.0 / a
         fisher = emu + r * R1

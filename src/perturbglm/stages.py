@@ -41,11 +41,12 @@ INITIAL_MINMU = 0.5  # the floor of DESeq2's IRLS (fitNbinomGLMs) in its initial
 def normalised_sums(data):
     """Sum of the normalised counts y / s of every (gene, group): genes x groups."""
     n_genes = (data.nz_ptr.shape[0] - 1) // data.G
+    inverse = np.exp(-data.cell_logs)
     out = np.zeros((n_genes, data.G))
     for g in prange(n_genes):
         for k in range(data.G):
             for e in range(data.nz_ptr[g * data.G + k], data.nz_ptr[g * data.G + k + 1]):
-                out[g, k] += data.nz_y[e] * math.exp(-data.cell_logs[data.nz_cell[e]])
+                out[g, k] += data.nz_y[e] * inverse[data.nz_cell[e]]
     return out
 
 
@@ -74,13 +75,14 @@ def initial_fit(theta0, control, group_n, norm, data):
 
 @njit(cache=True, parallel=True)
 def control_tables(theta_lo, n_prof, n_wald, control, b, coef, data, minmu):
-    """Control profile (value, d1, d2) and, with covariates, its Schur complement (S, S1, S2,
-    see `schur_terms`) on theta_lo + j*PROFILE_STEP; control MLE (b, db, fisher, dfisher) on
+    """Control profile (genes x (value, d1, d2) x grid) and, with covariates, its Schur
+    complement (genes x q x q x (S, S1, S2) x grid, see `schur_terms`) on theta_lo +
+    j*PROFILE_STEP; control MLE (b, db, fisher, dfisher) on
     theta_lo + j*WALD_STEP (for designs without covariates), for every gene."""
     n_genes = b.shape[0]
     q = data.atom_z.shape[1]
     prof = np.zeros((n_genes, 3, n_prof))
-    schur = np.zeros((n_genes, 3, q, q, n_prof if q > 0 else 0))
+    schur = np.zeros((n_genes, q, q, 3, n_prof if q > 0 else 0))
     wald = np.zeros((n_genes, 4, n_wald if q == 0 else 0))
     ks = np.full(1, control, dtype=np.int64)
     for g in prange(n_genes):
@@ -93,7 +95,10 @@ def control_tables(theta_lo, n_prof, n_wald, control, b, coef, data, minmu):
             prof[g, 1, j] = h1
             prof[g, 2, j] = h2
             if q > 0:
-                schur[g, :, :, :, j] = schur_terms(theta, state, data, minmu)
+                S = schur_terms(theta, state, data, minmu)
+                for u in range(q):
+                    for v in range(q):
+                        schur[g, u, v, :, j] = S[:, u, v]
         if q > 0:
             continue
         bj = np.nan
@@ -155,8 +160,8 @@ def _covariate_cox_reid(theta, state, schur, theta_lo, data, minmu):
     if schur.shape[3] > 0:
         for i in range(q):
             for j in range(q):
-                v, d1, d2 = quintic_hermite(theta, theta_lo, PROFILE_STEP, schur[0, i, j],
-                                            schur[1, i, j], schur[2, i, j])
+                v, d1, d2 = quintic_hermite(theta, theta_lo, PROFILE_STEP, schur[i, j], 0, 0,
+                                            schur.shape[3])
                 S[0, i, j] += v
                 S[1, i, j] += d1
                 S[2, i, j] += d2
@@ -171,7 +176,7 @@ def _objective(theta, state, table, schur, theta_lo, prior_mean, prior_var, data
     prior on the dispersion when prior_var > 0."""
     F, F1, F2 = profile(theta, state, data, minmu)
     if table.shape[1] > 0:
-        T, T1, T2 = quintic_hermite(theta, theta_lo, PROFILE_STEP, table[0], table[1], table[2])
+        T, T1, T2 = quintic_hermite(theta, theta_lo, PROFILE_STEP, table, 0, 0, table.shape[1])
         F += T
         F1 += T1
         F2 += T2
@@ -260,7 +265,7 @@ def _search(g, comp, start, lo, hi, prior_mean, prior_var, b, coef, prof, schur,
                        data, minmu)
     else:
         q = data.atom_z.shape[1]
-        own = np.zeros((3, q, q, 0)) if comp < 0 else schur[g]
+        own = np.zeros((q, q, 3, 0)) if comp < 0 else schur[g]
         th = _maximise(start, lo, hi, state, table, own, theta_lo, prior_mean, prior_var,
                        data, minmu)
     return th, state

@@ -222,12 +222,12 @@ class Atoms:
     atom_z: np.ndarray
     cell_logs: np.ndarray
     cell_atom: np.ndarray
-    tables: tuple         # zero_terms.build: (ptr, x0, R, S, C, lmin); empty with covariates
+    tables: tuple         # zero_terms.build: (ptr, x0, R, S, C, smin); empty with covariates
 
 
 BlockData = namedtuple("BlockData", [
     "G", "atom_ptr", "atom_logs", "atom_w", "atom_w2", "atom_z", "cell_logs", "cell_atom",
-    "tab_ptr", "tab_x0", "tab_R", "tab_S", "tab_C", "tab_lmin", "nz_ptr", "nz_y", "nz_cell"])
+    "tab_ptr", "tab_x0", "tab_R", "tab_S", "tab_C", "tab_smin", "nz_ptr", "nz_y", "nz_cell"])
 BlockData.__doc__ = "What the compiled kernels read of a gene block (layout: kernels.py)."
 
 

@@ -73,8 +73,7 @@ def build(atom_ptr, atom_logs, atom_w, atom_w2):
     """Every group's table: ptr (its nodes are ptr[k]:ptr[k+1] of R, 4 x nodes, rows R_0..R_3),
     x0 (its first node), S = sum (w + h) e^l (so that Emu = e^b S), C (groups x 3): the
     series coefficients C_m = sum (w + m^2 h) e^(m l), m = 2, 3, 4, below the grid, and
-    lmin, its smallest atom log size factor (no mean is floored while b + lmin >= log
-    minmu)."""
+    smin, its smallest atom size factor (no mean is floored while e^b smin >= minmu)."""
     G = atom_ptr.shape[0] - 1
     x0 = np.empty(G)
     lmin = np.zeros(G)
@@ -105,7 +104,7 @@ def build(atom_ptr, atom_logs, atom_w, atom_w2):
                 R[1, ptr[k] + i] += r1
                 R[2, ptr[k] + i] += r2
                 R[3, ptr[k] + i] += r3
-    return ptr, x0, R, S, C, lmin
+    return ptr, x0, R, S, C, np.exp(lmin)
 
 
 @njit(cache=True)
@@ -128,9 +127,9 @@ def group_zero(theta, k, b, c, data, minmu):
     x = theta + b
     p0 = data.tab_ptr[k] if data.tab_ptr.shape[0] else 0
     n = data.tab_ptr[k + 1] - p0 if data.tab_ptr.shape[0] else 0
-    if n > 0 and x <= data.tab_x0[k] + (n - 1) * STEP and (
-            b + data.tab_lmin[k] >= math.log(minmu)):
-        emu = math.exp(b) * data.tab_S[k]
+    eb = math.exp(b)
+    if n > 0 and x <= data.tab_x0[k] + (n - 1) * STEP and eb * data.tab_smin[k] >= minmu:
+        emu = eb * data.tab_S[k]
         if x < data.tab_x0[k]:
             e = math.exp(x)
             c2 = data.tab_C[k, 0] * e * e
@@ -138,11 +137,8 @@ def group_zero(theta, k, b, c, data, minmu):
             c4 = data.tab_C[k, 2] * (e * e) * (e * e)
             return (emu, -c2 / 2.0 + c3 / 3.0 - c4 / 4.0, -c2 + c3 - c4,
                     -2.0 * c2 + 3.0 * c3 - 4.0 * c4, -4.0 * c2 + 9.0 * c3 - 16.0 * c4)
-        R = data.tab_R
-        r0, _, _ = quintic_hermite(x, data.tab_x0[k], STEP, R[0, p0:p0 + n], R[1, p0:p0 + n],
-                                   R[2, p0:p0 + n])
-        r1, r2, r3 = quintic_hermite(x, data.tab_x0[k], STEP, R[1, p0:p0 + n],
-                                     R[2, p0:p0 + n], R[3, p0:p0 + n])
+        r0 = quintic_hermite(x, data.tab_x0[k], STEP, data.tab_R, 0, p0, n)[0]
+        r1, r2, r3 = quintic_hermite(x, data.tab_x0[k], STEP, data.tab_R, 1, p0, n)
         return emu, r0, r1, r2, r3
     a = math.exp(theta)
     emu = r0 = r1 = r2 = r3 = 0.0

@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 import tempfile
 
-import pandas as pd
-
 from . import pipeline
 from .progress import Progress
 from .result import Result
@@ -44,5 +42,7 @@ def de(data, groupby: str, control: str, covariates=(), layer=None, size_factors
             bar.close()
         if out is not None:
             return Result(written.summary, written.run_info, folder)
+        import pandas as pd
+
         table = pd.read_parquet(os.path.join(folder, "results.parquet"))
         return Result(written.summary, written.run_info, table=table)

@@ -50,7 +50,6 @@ def _add_de(sub):
 def _cmd_de(args) -> int:
     from . import pipeline
     from .progress import Progress
-    from .result import Result
 
     opts = pipeline.Options(
         groupby=args.groupby, control=args.control,
@@ -74,15 +73,13 @@ def _cmd_de(args) -> int:
         return 130
     if bar:
         bar.close()
-    _report(Result(written.summary, written.run_info, args.out), args.out)
+    _report(written.summary, written.run_info, args.out)
     return 0
 
 
-def _report(res, out: str) -> None:
-    info = res.run_info
-    s = res.summary
-    print(f"{len(s)} perturbations x {info['n_genes']:,} genes; "
-          f"{int(s['de_genes'].sum())} DE pairs at FDR {info['parameters']['fdr']}; "
+def _report(rows: list[dict], info: dict, out: str) -> None:
+    print(f"{len(rows)} perturbations x {info['n_genes']:,} genes; "
+          f"{sum(r['de_genes'] for r in rows)} DE pairs at FDR {info['parameters']['fdr']}; "
           f"{info['timings']['total']:.2f} s")
     if info.get("skipped_groups"):
         sk = info["skipped_groups"]
@@ -148,7 +145,7 @@ def _cmd_demo(args) -> int:
                      size_factors="obs:size_factor")
         out = os.path.join(tmp, "out")
         res.write(out)
-        _report(res, "<temporary folder>")
+        _report(res.summary.to_dict("records"), res.run_info, "<temporary folder>")
     merged = res.table.merge(truth, on=["perturbation", "gene"])
     called = merged["padj"] < 0.1
     real = merged["true_log2fc"] != 0

@@ -6,9 +6,9 @@ import difflib
 from dataclasses import dataclass, field, replace
 
 import numpy as np
-import pandas as pd
 
 from .errors import InputError
+from .reader import is_numeric, levels
 
 
 @dataclass
@@ -39,25 +39,30 @@ class Design:
                        control=int(remap[self.control]), cell_group=remap[self.cell_group])
 
 
-def build(obs: pd.DataFrame, columns: list[str], groupby: str, control: str,
+def build(obs: dict, columns: list[str], groupby: str, control: str,
           covariates: list[str], min_cells: int) -> Design:
-    """obs holds the columns the design uses; `columns` names every obs column of the file."""
+    """obs holds the columns the design uses (reader.read_obs); `columns` names every obs
+    column of the file. Groups are the labels as text."""
     listing = ", ".join(columns)
-    if groupby not in obs.columns:
+    if groupby not in obs:
         raise InputError(f"--groupby '{groupby}' is not an obs column; obs columns are: "
                          f"{listing}")
-    col = obs[groupby]
-    present = col.notna().to_numpy()
-    labels_all = col.astype(str).to_numpy()
-    uniq, counts = np.unique(labels_all[present], return_counts=True)
+    codes, categories = levels(obs[groupby])
+    present = codes >= 0
+    text = np.array([str(c) for c in categories], dtype=object)
+    uniq, text_index = np.unique(text, return_inverse=True) if text.size else (text, text)
+    label_index = np.asarray(text_index, dtype=np.int64).ravel()[codes[present]]
+    counts = np.bincount(label_index, minlength=uniq.size)
+    uniq, counts = uniq[counts > 0], counts[counts > 0]
     if uniq.size == 0:
         raise InputError(f"--groupby '{groupby}' has no labelled cells")
+    uniq = [str(u) for u in uniq]
     if control not in uniq:
         close = difflib.get_close_matches(control, list(uniq), n=3, cutoff=0.4)
         hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else (
             f"; labels include {', '.join(repr(u) for u in uniq[:5])}")
         raise InputError(f"--control '{control}' is not a label of '{groupby}'{hint}")
-    if uniq.size == 1:
+    if len(uniq) == 1:
         raise InputError(f"'{groupby}' has one label only ('{control}'); a screen needs control "
                          "cells and at least one perturbation")
     n_by = dict(zip(uniq, counts, strict=True))
@@ -72,8 +77,11 @@ def build(obs: pd.DataFrame, columns: list[str], groupby: str, control: str,
     if len(kept) == 1:
         raise InputError(f"every perturbation has fewer than --min-cells {min_cells} cells; "
                          "lower --min-cells")
-    code = pd.Categorical(labels_all, categories=kept).codes.astype(np.int64)
-    cell_group = np.where(present, code, -1)
+    position = {u: i for i, u in enumerate(kept)}
+    to_kept = np.array([position.get(str(t), -1) for t in text] or [-1], dtype=np.int64)
+    code = np.full(codes.shape[0], -1, dtype=np.int64)
+    code[present] = to_kept[codes[present]]
+    cell_group = code
     z, names, categorical_only = _covariates(obs, listing, covariates, cell_group, groupby)
     return Design(kept, 0, cell_group, z, names, categorical_only, skipped,
                   int((~present).sum()))
@@ -84,37 +92,36 @@ def _covariates(obs, listing, covariates, cell_group, groupby):
     categorical_only = True
     control_cells = cell_group == 0
     for cov in covariates:
-        if cov not in obs.columns:
+        if cov not in obs:
             raise InputError(f"--covariates '{cov}' is not an obs column; obs columns are: "
                              f"{listing}")
         if cov == groupby:
             raise InputError(f"--covariates '{cov}' is the --groupby column itself; a "
                              "covariate confounded with the perturbation cannot be adjusted for")
         col = obs[cov]
-        if pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col):
-            vals = col.to_numpy(dtype=np.float64)
+        if is_numeric(col):
+            vals = col.astype(np.float64)
             if not np.all(np.isfinite(vals[cell_group >= 0])):
                 raise InputError(f"--covariates '{cov}' has missing or infinite values")
             blocks.append(vals[:, None])
             names.append(cov)
             categorical_only = False
             continue
-        cat = col.astype("category")
-        if cat.isna().to_numpy()[cell_group >= 0].any():
+        codes, categories = levels(col)
+        if (codes[cell_group >= 0] < 0).any():
             raise InputError(f"--covariates '{cov}' has missing values")
-        levels = list(cat.cat.categories)
-        codes = cat.cat.codes.to_numpy()
+        levels_all = list(categories)
         used = np.unique(codes[cell_group >= 0])
-        levels_used = [levels[i] for i in used]
+        levels_used = [levels_all[i] for i in used]
         in_control = set(np.unique(codes[control_cells]))
-        missing = [levels[i] for i in used if i not in in_control]
+        missing = [levels_all[i] for i in used if i not in in_control]
         if missing:
             raise InputError(f"--covariates '{cov}': level(s) {missing} have no control cells, "
                              "so their effect is confounded with the perturbations there; drop "
                              "those cells or the covariate")
         for lev_i in used[1:]:
             blocks.append((codes == lev_i).astype(np.float64)[:, None])
-            names.append(f"{cov}[{levels[lev_i]}]")
+            names.append(f"{cov}[{levels_all[lev_i]}]")
         if len(levels_used) < 2:
             raise InputError(f"--covariates '{cov}' takes one value only in the analysed cells; "
                              "it cannot be estimated, drop it")

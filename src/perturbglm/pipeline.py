@@ -29,6 +29,7 @@ from . import memory, output, scan, special, stages, summaries, trend
 from . import size_factors as sf_mod
 from .errors import InputError
 from .reader import (
+    length,
     locate_counts,
     make_unique,
     obs_columns,
@@ -254,8 +255,9 @@ def run(path: str, opts: Options, out_dir: str, overwrite: bool = False,
         kind, column = sf_mod.parse(opts.size_factors)
         columns = obs_columns(f)
         obs = read_obs(f, [opts.groupby, *opts.covariates] + ([column] if column else []))
-        if opts.groupby in obs and len(obs) != src.n_cells:
-            raise InputError(f"obs has {len(obs)} cells but the matrix has {src.n_cells}")
+        n_obs = length(obs[opts.groupby]) if opts.groupby in obs else src.n_cells
+        if n_obs != src.n_cells:
+            raise InputError(f"obs has {n_obs} cells but the matrix has {src.n_cells}")
         if src.n_cells == 0 or src.n_genes == 0:
             raise InputError(f"the matrix is empty ({src.n_cells} cells x {src.n_genes} genes)")
         des = design_mod.build(obs, columns, opts.groupby, opts.control, opts.covariates,

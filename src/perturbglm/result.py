@@ -6,8 +6,6 @@ import json
 import os
 import shutil
 
-import pandas as pd
-
 from . import output
 
 
@@ -15,18 +13,29 @@ class Result:
     """Per (perturbation, gene) statistics, a per-perturbation summary and the run record.
 
     A result read from a folder loads its table only when `.table` is first used;
-    `.perturbation(label)` reads just that perturbation's rows."""
+    `.perturbation(label)` reads just that perturbation's rows. Tables are pandas
+    DataFrames, made when first used (the command line never imports pandas)."""
 
-    def __init__(self, summary: pd.DataFrame, run_info: dict, folder: str | None = None,
-                 table: pd.DataFrame | None = None):
-        self.summary = summary
+    def __init__(self, summary, run_info: dict, folder: str | None = None, table=None):
+        self._summary = summary       # a DataFrame, or the rows of output.Written
         self.run_info = run_info
         self.folder = folder
         self._table = table
 
+    @property
+    def summary(self):
+        """One row per perturbation: cells, genes tested, DE genes, the target's own change."""
+        import pandas as pd
+
+        if not isinstance(self._summary, pd.DataFrame):
+            self._summary = pd.DataFrame(self._summary, columns=output.SUMMARY_COLUMNS)
+        return self._summary
+
     @classmethod
     def read(cls, folder: str, in_memory: bool = False) -> Result:
         """The result in FOLDER (results.parquet, summary.csv, run.json)."""
+        import pandas as pd
+
         summary = pd.read_csv(os.path.join(folder, "summary.csv"), dtype={"perturbation": str})
         with open(os.path.join(folder, "run.json")) as fh:
             info = json.load(fh)
@@ -34,12 +43,18 @@ class Result:
         return cls(summary, info, None if in_memory else folder, table)
 
     @property
-    def table(self) -> pd.DataFrame:
+    def table(self):
+        """Every (perturbation, gene) row of results.parquet."""
+        import pandas as pd
+
         if self._table is None:
             self._table = pd.read_parquet(os.path.join(self.folder, "results.parquet"))
         return self._table
 
-    def perturbation(self, label: str) -> pd.DataFrame:
+    def perturbation(self, label: str):
+        """The rows of one perturbation."""
+        import pandas as pd
+
         if self._table is None:
             return pd.read_parquet(os.path.join(self.folder, "results.parquet"),
                                    filters=[("perturbation", "==", label)])

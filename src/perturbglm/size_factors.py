@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 
 from .errors import InputError
 
@@ -46,14 +45,14 @@ def normalise(sf: np.ndarray) -> np.ndarray:
     return out
 
 
-def from_obs(obs: pd.DataFrame, columns: list[str], column: str) -> np.ndarray:
-    if column not in obs.columns:
+def from_obs(obs: dict, columns: list[str], column: str) -> np.ndarray:
+    if column not in obs:
         raise InputError(f"--size-factors obs:{column}: no obs column '{column}'; "
                          f"obs columns are: {', '.join(columns)}")
     col = obs[column]
-    if not pd.api.types.is_numeric_dtype(col):
+    if not (isinstance(col, np.ndarray) and col.dtype.kind in "biuf"):
         raise InputError(f"--size-factors obs:{column}: the column is not numeric")
-    sf = col.to_numpy(dtype=np.float64)
+    sf = col.astype(np.float64)
     if not np.all(np.isfinite(sf)) or np.any(sf <= 0):
         raise InputError(f"--size-factors obs:{column}: size factors must be positive and "
                          "finite for every cell")

@@ -214,17 +214,34 @@ def levels(col) -> tuple[np.ndarray, np.ndarray]:
     return codes, categories
 
 
+class _Slicer:
+    """Reads ds[lo:hi] of a 1-d dataset into one buffer kept from slice to slice: a fresh
+    array per chunk costs page faults (and numpy's huge-page advice, compaction stalls) on
+    every chunk, more than the read itself on this project's VMs."""
+
+    def __init__(self, ds: h5py.Dataset):
+        self.ds = ds
+        self.buf = np.empty(0, dtype=ds.dtype)
+
+    def __call__(self, lo: int, hi: int) -> np.ndarray:
+        if hi - lo > self.buf.size:
+            self.buf = np.empty(hi - lo, dtype=self.ds.dtype)
+        if hi > lo:
+            self.ds.read_direct(self.buf, np.s_[lo:hi], np.s_[0:hi - lo])
+        return self.buf[:hi - lo]
+
+
 def iter_cell_chunks(f: h5py.File, src: CountSource, chunk_cells: int, first: int = 0):
     """Yield (start, `Compressed` chunk of counts, as stored) over consecutive cell ranges
-    from `first` (CSR or dense storage)."""
+    from `first` (CSR or dense storage). A chunk's arrays are reused by the next one."""
     node = f[src.key]
     if src.layout == "csr":
         indptr = node["indptr"][:].astype(np.int64)
-        data_ds, ind_ds = node["data"], node["indices"]
+        data, indices = _Slicer(node["data"]), _Slicer(node["indices"])
         for start in range(first, src.n_cells, chunk_cells):
             stop = min(start + chunk_cells, src.n_cells)
             lo, hi = indptr[start], indptr[stop]
-            yield start, Compressed(indptr[start:stop + 1] - lo, ind_ds[lo:hi], data_ds[lo:hi],
+            yield start, Compressed(indptr[start:stop + 1] - lo, indices(lo, hi), data(lo, hi),
                                     (stop - start, src.n_genes))
     else:
         for start in range(first, src.n_cells, chunk_cells):
@@ -235,16 +252,16 @@ def iter_cell_chunks(f: h5py.File, src: CountSource, chunk_cells: int, first: in
 def iter_gene_slices(f: h5py.File, src: CountSource, chunk_nnz: int, first: int = 0):
     """CSC storage: yield (g0, `Compressed` slice of genes g0.. as stored) over
     consecutive gene ranges from `first` holding about chunk_nnz non-zeros each: sequential
-    reads, never the whole matrix."""
+    reads, never the whole matrix. A slice's arrays are reused by the next one."""
     node = f[src.key]
     indptr = node["indptr"][:].astype(np.int64)
-    data_ds, ind_ds = node["data"], node["indices"]
+    data, indices = _Slicer(node["data"]), _Slicer(node["indices"])
     g0 = first
     while g0 < src.n_genes:
         g1 = int(np.searchsorted(indptr, indptr[g0] + chunk_nnz, side="right")) - 1
         g1 = min(max(g1, g0 + 1), src.n_genes)
         lo, hi = indptr[g0], indptr[g1]
-        yield g0, Compressed(indptr[g0:g1 + 1] - lo, ind_ds[lo:hi], data_ds[lo:hi],
+        yield g0, Compressed(indptr[g0:g1 + 1] - lo, indices(lo, hi), data(lo, hi),
                              (g1 - g0, src.n_cells))
         g0 = g1
 

@@ -4,6 +4,9 @@ For every screen, each job in its own process (wall time including start-up, pea
 - the I/O floor: one pass over the file with h5py, summing counts per (group, gene);
 - perturbglm de (CLI, all cores, --max-memory as given), with its own split of the time
   into reading and fitting (run.json);
+  the two alternate --repeat times (these machines are noisy: the floor alone varies by
+  30% from minute to minute) and the table gives their medians, the ratio of the medians
+  and the range of the per-pair ratios;
 - crispyx 0.2.2 nb_glm_test(n_jobs=all cores) on S and M, run by --peer-python (an
   environment with crispyx installed; it is never a dependency of perturbglm).
 
@@ -12,12 +15,13 @@ order, as most real files are; `--grouped` adds a copy of M sorted by perturbati
 
 usage: python benchmarks/bench_scale.py [--sizes S,M,L] [--data /tmp/perturbglm-bench]
            [--max-memory 2G] [--grouped] [--peer-python /opt/peers/bin/python]
-           [--peer-sizes S,M]
+           [--peer-sizes S,M] [--repeat 3]
 """
 
 import argparse
 import json
 import os
+import statistics
 import sys
 import tempfile
 
@@ -81,6 +85,7 @@ def main():
     ap.add_argument("--peer-python", default="/opt/peers/bin/python")
     ap.add_argument("--peer-sizes", default="S,M", help="screens crispyx also runs on")
     ap.add_argument("--grouped", action="store_true", help="also run M with sorted cells")
+    ap.add_argument("--repeat", type=int, default=3, help="alternating floor/ours runs")
     args = ap.parse_args()
     os.makedirs(args.data, exist_ok=True)
     cores = os.cpu_count()
@@ -96,35 +101,44 @@ def main():
             print(f"generated {name} ({os.path.getsize(path) / 2**30:.2f} GiB) in {gen:.0f} s",
                   flush=True)
         run([sys.executable, "-c", FLOOR, path])     # warm the page cache alike for all
-        floor, floor_rss, _ = run([sys.executable, "-c", FLOOR, path])
+        floors, walls, rss, timings = [], [], 0.0, []
         with tempfile.TemporaryDirectory(dir=args.data) as tmp:
             out = os.path.join(tmp, "out")
-            wall, rss, _ = run([sys.executable, "-m", "perturbglm", "de", path, "--groupby",
-                                "perturbation", "--control", "non-targeting", "--out", out,
-                                "--max-memory", args.max_memory, "--quiet"])
-            with open(os.path.join(out, "run.json")) as fh:
-                timings = json.load(fh)["timings"]
+            for _ in range(args.repeat):
+                floors.append(run([sys.executable, "-c", FLOOR, path])[0])
+                wall, peak, _ = run([sys.executable, "-m", "perturbglm", "de", path,
+                                     "--groupby", "perturbation", "--control",
+                                     "non-targeting", "--out", out, "--max-memory",
+                                     args.max_memory, "--quiet", "--overwrite"])
+                walls.append(wall)
+                rss = max(rss, peak)
+                with open(os.path.join(out, "run.json")) as fh:
+                    timings.append(json.load(fh)["timings"])
             cx = None
             if (not grouped and size in args.peer_sizes.split(",")
                     and os.path.exists(args.peer_python)):
                 cx, cx_rss, _ = run([args.peer_python, "-c", CRISPYX, path, tmp, str(cores)])
-        read = timings["read_metadata"] + timings["read_counts"]
-        fit = timings["stage_a"] + timings["trend"] + timings["stage_b"]
-        rows.append((name, os.path.getsize(path) / 2**30, floor, wall, rss, read, fit,
-                     timings["write"], cx, cx_rss if cx else None))
-        print(f"{name}: floor {floor:.1f} s, perturbglm {wall:.1f} s ({rss:.0f} MiB)"
+        floor, wall = statistics.median(floors), statistics.median(walls)
+        ratios = [w / f for w, f in zip(walls, floors, strict=True)]
+        t = timings[walls.index(sorted(walls)[len(walls) // 2])]
+        read = t["read_metadata"] + t["read_counts"]
+        fit = t["stage_a"] + t["trend"] + t["stage_b"]
+        rows.append((name, os.path.getsize(path) / 2**30, floor, wall, min(ratios),
+                     max(ratios), rss, read, fit, t["write"], cx, cx_rss if cx else None))
+        print(f"{name}: floor {floor:.2f} s, perturbglm {wall:.2f} s ({rss:.0f} MiB), "
+              f"ratios {', '.join(f'{r:.2f}' for r in ratios)}"
               + (f", crispyx {cx:.1f} s" if cx else ""), flush=True)
     print()
-    print(f"max-memory {args.max_memory}, {cores} cores; wall seconds incl. start-up; "
-          "RSS in MiB")
+    print(f"max-memory {args.max_memory}, {cores} cores, medians of {args.repeat} alternating "
+          "runs; wall seconds incl. start-up; RSS in MiB (largest)")
     print(f"{'screen':10s} {'GiB':>6s} {'floor s':>8s} {'ours s':>8s} {'ours/floor':>10s} "
-          f"{'RSS':>6s} {'read s':>7s} {'fit s':>7s} {'write s':>8s} {'crispyx s':>10s} "
-          f"{'cx RSS':>7s} {'cx/ours':>8s}")
-    for name, gib, floor, wall, rss, read, fit, write, cx, cx_rss in rows:
+          f"{'range':>11s} {'RSS':>6s} {'read s':>7s} {'fit s':>7s} {'write s':>8s} "
+          f"{'crispyx s':>10s} {'cx RSS':>7s} {'cx/ours':>8s}")
+    for name, gib, floor, wall, r_lo, r_hi, rss, read, fit, write, cx, cx_rss in rows:
         cxs = (f"{cx:10.1f} {cx_rss:7.0f} {cx / wall:8.1f}" if cx
                else f"{'':>10s} {'':>7s} {'':>8s}")
         print(f"{name:10s} {gib:6.2f} {floor:8.2f} {wall:8.2f} {wall / floor:10.2f} "
-              f"{rss:6.0f} {read:7.2f} {fit:7.2f} {write:8.2f} {cxs}")
+              f"{r_lo:5.2f}-{r_hi:<5.2f} {rss:6.0f} {read:7.2f} {fit:7.2f} {write:8.2f} {cxs}")
 
 
 if __name__ == "__main__":

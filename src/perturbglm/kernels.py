@@ -100,11 +100,12 @@ def fixed_mu(ks, bk, c, g, data):
             y = float(data.nz_y[e])
             _add_moments(moments, data.nz_cell[e], y, first, data)
             if y <= SMALL_COUNT:
-                for m in range(int(y)):
-                    tail[i, m] += 1.0
+                tail[i, int(y) - 1] += 1.0
             else:
                 big_y[big_ptr[i + 1]] = y
                 big_ptr[i + 1] += 1
+        for m in range(SMALL_COUNT - 2, -1, -1):    # counts of y == m + 1 -> of y > m
+            tail[i, m] += tail[i, m + 1]
         t = e_ptr[i]
         for j in range(moments.shape[0]):
             if moments[j, 0] > 0.0:

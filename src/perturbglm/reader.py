@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import h5py
 import numpy as np
-from typing import NamedTuple
 
 from .errors import InputError
 
@@ -44,7 +44,7 @@ class Compressed(NamedTuple):
     shape: tuple[int, int]
 
     @classmethod
-    def from_dense(cls, block: np.ndarray) -> "Compressed":
+    def from_dense(cls, block: np.ndarray) -> Compressed:
         """The non-zero (and NaN) entries of a dense cells x genes block."""
         stored = block != 0
         indptr = np.concatenate([[0], np.cumsum(stored.sum(axis=1))]).astype(np.int64)

@@ -34,7 +34,7 @@ import numpy as np
 from numba import njit
 
 from .special import SMALL_COUNT, lgamma_ratio
-from .zero_terms import atom_mean, atom_rho, exposure, group_zero
+from .zero_terms import atom_mean, atom_rho, exposure, group_zero, tabulated
 
 
 @njit(cache=True)
@@ -286,7 +286,7 @@ def _score_terms(theta, b, state, data, minmu):
     s_theta = 0.0
     f_theta = 0.0
     f_b = 0.0
-    if data.tab_ptr.shape[0] > 0 and math.exp(b) * data.tab_smin[k] >= minmu:
+    if tabulated(k, math.exp(b), data, minmu):
         emu, _, R1, R2, _ = group_zero(theta, k, b, c, data, minmu)
         r = 1.0 / a
         fisher = emu + r * R1

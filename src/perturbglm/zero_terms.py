@@ -120,26 +120,35 @@ def exposure(k, c, data):
 
 
 @njit(cache=True)
+def tabulated(k, eb, data, minmu):
+    """Whether group k's zero-count sums come from its table at intercept b (eb = e^b): it
+    has one (no covariates) and none of its means is floored."""
+    return data.tab_ptr.shape[0] > 0 and eb * data.tab_smin[k] >= minmu
+
+
+@njit(cache=True)
 def group_zero(theta, k, b, c, data, minmu):
     """Emu and R_0..R_3 summed over group k's atoms at dispersion e^theta, intercept b and
-    covariate coefficients c: from the group's table where it has one and no mean is
-    floored, else atom by atom."""
+    covariate coefficients c: from the group's table where `tabulated` (and below its top),
+    else atom by atom."""
     x = theta + b
-    p0 = data.tab_ptr[k] if data.tab_ptr.shape[0] else 0
-    n = data.tab_ptr[k + 1] - p0 if data.tab_ptr.shape[0] else 0
     eb = math.exp(b)
-    if n > 0 and x <= data.tab_x0[k] + (n - 1) * STEP and eb * data.tab_smin[k] >= minmu:
+    if tabulated(k, eb, data, minmu):
+        p0 = data.tab_ptr[k]
+        n = data.tab_ptr[k + 1] - p0
+        x0 = data.tab_x0[k]
         emu = eb * data.tab_S[k]
-        if x < data.tab_x0[k]:
+        if x < x0:
             e = math.exp(x)
             c2 = data.tab_C[k, 0] * e * e
             c3 = data.tab_C[k, 1] * e * e * e
             c4 = data.tab_C[k, 2] * (e * e) * (e * e)
             return (emu, -c2 / 2.0 + c3 / 3.0 - c4 / 4.0, -c2 + c3 - c4,
                     -2.0 * c2 + 3.0 * c3 - 4.0 * c4, -4.0 * c2 + 9.0 * c3 - 16.0 * c4)
-        r0 = quintic_hermite(x, data.tab_x0[k], STEP, data.tab_R, 0, p0, n)[0]
-        r1, r2, r3 = quintic_hermite(x, data.tab_x0[k], STEP, data.tab_R, 1, p0, n)
-        return emu, r0, r1, r2, r3
+        if x <= x0 + (n - 1) * STEP:
+            r0 = quintic_hermite(x, x0, STEP, data.tab_R, 0, p0, n)[0]
+            r1, r2, r3 = quintic_hermite(x, x0, STEP, data.tab_R, 1, p0, n)
+            return emu, r0, r1, r2, r3
     a = math.exp(theta)
     emu = r0 = r1 = r2 = r3 = 0.0
     for j in range(data.atom_ptr[k], data.atom_ptr[k + 1]):

@@ -51,7 +51,7 @@ def _small_block(seed=0, n=300, genes=3, groups=2, q=0):
     store = summaries.Store(genes)
     assert store.add(counts.indptr, counts.indices, counts.data, 0, True, group >= 0,
                      np.zeros(n), None)
-    block = summaries.build_block(store.parts(0, store.n_slabs), 0, genes, group, at)
+    block = summaries.build_block(store, 0, store.n_slabs, group, at)
     return block, counts.toarray(), group, sf, z
 
 

@@ -233,8 +233,7 @@ class Blocks:
     def get(self, i: int) -> summaries.GeneBlock:
         if self._last[0] != i:
             self._last = (None, None)
-            g0, g1 = self.genes(i)
-            self._last = (i, summaries.build_block(self.store.parts(*self.ranges[i]), g0, g1,
+            self._last = (i, summaries.build_block(self.store, *self.ranges[i],
                                                    self.cell_group, self.at))
         return self._last[1]
 

@@ -107,31 +107,33 @@ class Store:
         self.nnz = np.asarray(nnz, dtype=np.int64).copy()
         self.pieces = np.asarray(pieces, dtype=np.int64).copy()
 
-    def parts(self, s0: int, s1: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    def segments(self, s0: int, s1: int):
         """Every record of slabs s0..s1-1, in the order they were added within each gene, as
-        parts (records: int32 n x 2 of cell and count, runs: int64 record counts of
-        consecutive runs of one gene, run_gene: int32 gene of each run). In memory a part is
-        a view of one chunk's records (nothing is copied); spilled, one slab's files."""
+        (first gene, end gene, parts) of disjoint gene ranges; a part is (records: int32
+        n x 2 of cell and count, runs: int64 record counts of consecutive runs of one gene,
+        run_gene: int32 gene of each run). In memory this is one segment whose parts are
+        views of the chunks' records (nothing is copied); spilled, one segment per slab
+        (without parts if it is empty), read from its files only when the iteration reaches
+        it."""
         g0, g1 = int(self.bounds[s0]), int(self.bounds[s1])
-        out = []
         if self._chunks is not None:
             genes = np.arange(g0, g1, dtype=np.int32)
-            for rec, gene_ptr in self._chunks:
-                if gene_ptr[g1] > gene_ptr[g0]:
-                    out.append((rec[gene_ptr[g0]:gene_ptr[g1]], np.diff(gene_ptr[g0:g1 + 1]),
-                                genes))
-            return out
+            yield g0, g1, [(rec[gene_ptr[g0]:gene_ptr[g1]], np.diff(gene_ptr[g0:g1 + 1]),
+                            genes)
+                           for rec, gene_ptr in self._chunks if gene_ptr[g1] > gene_ptr[g0]]
+            return
         self.close()
         for s in range(s0, s1):
             if self.nnz[s] == 0:
+                yield int(self.bounds[s]), int(self.bounds[s + 1]), []
                 continue
             rec_path, idx_path = self._paths(s)
             rec = np.fromfile(rec_path, dtype=np.int32, count=2 * int(self.nnz[s]))
             runs = np.fromfile(idx_path, dtype=np.int64,
                                count=int(self.pieces[s]) * self._width(s))
             slab_genes = np.arange(self.bounds[s], self.bounds[s + 1], dtype=np.int32)
-            out.append((rec.reshape(-1, 2), runs, np.tile(slab_genes, int(self.pieces[s]))))
-        return out
+            yield (int(self.bounds[s]), int(self.bounds[s + 1]),
+                   [(rec.reshape(-1, 2), runs, np.tile(slab_genes, int(self.pieces[s])))])
 
     def blocks(self, max_nnz: int, max_slabs: int) -> list[tuple[int, int]]:
         """Consecutive slab ranges of at most max_slabs slabs holding at most max_nnz records
@@ -315,18 +317,19 @@ def atoms(cell_group: np.ndarray, size_factors: np.ndarray, covariates: np.ndarr
 
 
 @njit(cache=True, parallel=True)
-def _sort_part(rec, runs, run_gene, g0, cell_group, G, pos, out_y, out_cell, place, bands):
-    """One part of the counting sort by (gene, group) (see `build_block`): place=False adds
-    its records to the key counts pos[key + 1], place=True moves them to out at pos[key].
-    Genes are split into `bands` (one per thread), each walking the part in order, so every
-    key is filled in record order whatever the number of bands."""
+def _sort_part(rec, runs, run_gene, g0, ga, gb, cell_group, G, pos, out_y, out_cell, place,
+               bands):
+    """One part of the counting sort by (gene, group) (see `build_block`), its genes within
+    ga..gb-1: place=False adds its records to the key counts pos[key + 1], place=True moves
+    them to out at pos[key] (keys count from gene g0). Genes are split into `bands` (one per
+    thread), each walking the part in order, so every key is filled in record order
+    whatever the number of bands."""
     start = np.zeros(runs.shape[0] + 1, dtype=np.int64)
     for t in range(runs.shape[0]):
         start[t + 1] = start[t] + runs[t]
-    n_keys = pos.shape[0] - 1
-    width = (n_keys // G + bands - 1) // bands
+    width = (gb - ga + bands - 1) // bands
     for band in prange(bands):
-        lo = g0 + band * width
+        lo = ga + band * width
         for t in range(runs.shape[0]):
             if run_gene[t] < lo or run_gene[t] >= lo + width:
                 continue
@@ -349,17 +352,24 @@ def _records(n):
     return np.empty(n, dtype=np.int32), np.empty(n, dtype=np.int32)
 
 
-def build_block(parts: list, g0: int, g1: int, cell_group: np.ndarray, at: Atoms) -> GeneBlock:
-    """The block of genes g0..g1-1 from the parts of Store.parts, by a stable counting sort
-    by (gene, group): O(records), and nothing copied before it."""
+def build_block(store: Store, s0: int, s1: int, cell_group: np.ndarray,
+                at: Atoms) -> GeneBlock:
+    """The block of slabs s0..s1-1 of `store`, by a stable counting sort by (gene, group):
+    O(records), nothing copied before it, and (spilled) one slab's records read at a time."""
+    g0, g1 = int(store.bounds[s0]), int(store.bounds[s1])
     ptr = np.zeros((g1 - g0) * at.G + 1, dtype=np.int64)
+    y, cell = _records(int(store.nnz[s0:s1].sum()))
+    pos = np.empty_like(ptr)
     empty = np.empty(0, dtype=np.int32)
     bands = get_num_threads()
-    for rec, runs, run_gene in parts:
-        _sort_part(rec, runs, run_gene, g0, cell_group, at.G, ptr, empty, empty, False, bands)
-    np.cumsum(ptr, out=ptr)
-    y, cell = _records(ptr[-1])
-    pos = ptr.copy()
-    for rec, runs, run_gene in parts:
-        _sort_part(rec, runs, run_gene, g0, cell_group, at.G, pos, y, cell, True, bands)
+    for ga, gb, parts in store.segments(s0, s1):
+        k0, k1 = (ga - g0) * at.G, (gb - g0) * at.G
+        for rec, runs, run_gene in parts:
+            _sort_part(rec, runs, run_gene, g0, ga, gb, cell_group, at.G, ptr, empty, empty,
+                       False, bands)
+        np.cumsum(ptr[k0:k1 + 1], out=ptr[k0:k1 + 1])
+        pos[k0:k1 + 1] = ptr[k0:k1 + 1]
+        for rec, runs, run_gene in parts:
+            _sort_part(rec, runs, run_gene, g0, ga, gb, cell_group, at.G, pos, y, cell, True,
+                       bands)
     return GeneBlock(g0=g0, atoms=at, nz_ptr=ptr, nz_y=y, nz_cell=cell)

@@ -194,6 +194,18 @@ def test_memory_sizes(text, expected):
     assert memory.parse(text) == expected
 
 
+def test_plan_spends_the_budget_where_it_pays():
+    """A screen whose counts fit is kept in memory as one gene block (stage B then reuses
+    it); one too large for the budget is spilled and fitted in blocks of at most
+    MAX_BLOCK_NNZ however much budget is left, so peak memory stops growing with the screen.
+    (Budgets far above this test process's resident memory, which the plan subtracts.)"""
+    small = memory.plan(4 * 2**30, 100_000, 2_000, 30_000_000, 200)
+    assert small.in_memory and small.block_nnz >= 30_000_000
+    for budget in (2 * 2**30, 8 * 2**30):
+        large = memory.plan(budget, 1_000_000, 8_000, 1_300_000_000, 5_000)
+        assert not large.in_memory and large.block_nnz == memory.MAX_BLOCK_NNZ
+
+
 def test_memory_size_refused():
     with pytest.raises(InputError, match="--max-memory 'lots'"):
         memory.parse("lots")

@@ -3,7 +3,8 @@
 What is already resident when planning starts (interpreter, compiled kernels, obs) is
 measured, per-cell arrays are reserved, and the rest sets: the read chunk, whether the
 non-zero counts stay in memory or are spilled to disk, how many of them a gene block holds,
-and how many comparisons are gathered at a time when the table is assembled.
+and how many comparisons are gathered at a time when the table is assembled. Memory the
+work cannot use is left free: read chunks and gene blocks have a ceiling.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from .errors import InputError
 
 DEFAULT = "4G"
 RECORD_BYTES = 8        # a stored non-zero (summaries.RECORD)
-BLOCK_BYTES = 20        # a non-zero of a gene block being fitted: record, gene, ordered copy
+BLOCK_BYTES = 12        # a non-zero of a gene block being fitted: its ordered copy, slack
+MAX_BLOCK_NNZ = 8_000_000   # larger gene blocks fit no faster (BENCHMARKS.md)
 CHUNK_BYTES = 64        # a non-zero of a read chunk: value and index as read, its record, slack
 CELL_BYTES = 96         # per-cell arrays: totals, group, size factor, offsets, obs codes
 PAIR_BYTES = 160        # per (gene, comparison) of a block: ~20 float64 statistics
@@ -68,8 +70,11 @@ def plan(budget: int, n_cells: int, n_genes: int, nnz: int, n_comps: int) -> Pla
                          f"({n_cells:,} cells, {n_comps:,} comparisons): give at least "
                          f"{need:.2f}G")
     chunk_nnz = int(min(max(avail / 8 / CHUNK_BYTES, 100_000), 8_000_000))
-    in_memory = nnz * (RECORD_BYTES + BLOCK_BYTES) <= 0.6 * avail
+    in_memory = nnz * RECORD_BYTES + min(nnz, MAX_BLOCK_NNZ) * BLOCK_BYTES <= 0.6 * avail
     kept = nnz * RECORD_BYTES if in_memory else 0
-    block_nnz = int((0.6 * avail - kept) / BLOCK_BYTES)
+    room = int((0.6 * avail - kept) / BLOCK_BYTES)
+    # Stage B orders a block again unless it is the only one: a screen is one block when
+    # there is room for it; otherwise blocks stop where they stop paying.
+    block_nnz = nnz if room >= nnz else min(room, MAX_BLOCK_NNZ)
     comps_chunk = max(1, int(0.25 * avail / (ROW_BYTES * max(n_genes, 1))))
     return Plan(budget, int(avail), chunk_nnz, in_memory, max(block_nnz, 1), comps_chunk)

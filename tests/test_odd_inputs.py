@@ -9,6 +9,7 @@ Documented outcomes (README, "Untested pairs"):
 """
 
 import json
+from importlib.metadata import version
 
 import anndata as ad
 import numpy as np
@@ -118,6 +119,8 @@ def test_one_cell_groups_are_skipped_and_listed(tmp_path, capsys):
     assert "skipped 2 perturbation(s) below --min-cells: C (1 cells), D (1 cells)" in out
     info = json.loads((tmp_path / "o" / "run.json").read_text())
     assert info["skipped_groups"] == {"C": 1, "D": 1}
+    for lib in ("numpy", "numba", "h5py", "pyarrow"):    # what every run loads
+        assert info["versions"][lib] == version(lib)
 
 
 def test_non_ascii_and_repeated_gene_names(tmp_path, capsys):

@@ -14,6 +14,7 @@ import json
 import os
 import platform
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -107,16 +108,24 @@ def staged(out_dir: str, overwrite: bool):
         raise
 
 
-def run_record(path, opts, info) -> dict:
+def _version(name: str) -> str:
+    """A loaded library's version: its module's own __version__ where it sets one (looking
+    up installed metadata scans sys.path, ~0.01 s a library), else the metadata."""
     from importlib.metadata import version
 
+    return sys.modules[name].__dict__.get("__version__") or version(name)
+
+
+def run_record(path, opts, info) -> dict:
+    """run.json: the input, the parameters, the versions of the libraries this run loaded
+    and what the pipeline reports (`info`)."""
     from . import __version__
     deps = ("numpy", "scipy", "numba", "h5py", "anndata", "pandas", "pyarrow")
     return {
         "input": os.path.abspath(path),
         "parameters": asdict(opts),
         "versions": {"perturbglm": __version__, "python": platform.python_version(),
-                     **{d: version(d) for d in deps}},
+                     **{d: _version(d) for d in deps if d in sys.modules}},
         **info,
     }
 

@@ -334,13 +334,17 @@ def mle(theta, state, data, minmu, b_start):
     else:
         b = math.log(ysum / exposure(ks[0], c, data))
     for _ in range(100):
-        score, hess, _, _, _, _ = _score_terms(theta, b, state, data, minmu)
+        score, hess, fisher, s_theta, f_theta, f_b = _score_terms(theta, b, state, data, minmu)
         if hess <= 0.0:
-            break
+            return b, fisher, 0.0, f_theta
         step = min(max(score / hess, -5.0), 5.0)
+        if abs(step) < 1e-8 * max(1.0, abs(b + step)):
+            # Quadratic convergence: this last step leaves an error of order 1e-16 in b, and
+            # the information moves with it to first order (error of order 1e-16 too); the
+            # theta derivatives, which only shape interpolation, keep this evaluation's.
+            db = s_theta / hess
+            return b + step, fisher + f_b * step, db, f_theta + f_b * db
         b += step
-        if abs(step) < 1e-8 * max(1.0, abs(b)):
-            break  # quadratic convergence: the step taken leaves an error of order 1e-16
     score, hess, fisher, s_theta, f_theta, f_b = _score_terms(theta, b, state, data, minmu)
     db = s_theta / hess if hess > 0.0 else 0.0
     return b, fisher, db, f_theta + f_b * db

@@ -139,7 +139,7 @@ def test_binned_group_mle_is_accurate():
 def test_group_mle_solves_the_score_equation():
     """Exact atoms (strata of at most EXACT_UP_TO cells): the score vanishes to rounding."""
     block, y, group, sf, z = _small_block(n=100, q=1)
-    assert block.atoms.atom_w.max() == 1
+    assert block.atoms.atom_stats[:, 1].max() == 1
     args = block.kernel_args()
     c = np.array([0.3])
     for theta in (-2.0, 0.0, 1.0):
@@ -192,7 +192,7 @@ def test_joint_fit_reaches_deseq2_irls_fixed_point(minmu):
     or idle at 1e-6, to 1e-8; its contrast variance equals the (1,1) element of the inverse
     information of the one-hot design (b0, b1 - b0, c) to 1e-10 relative."""
     block, y, group, sf, z = _small_block(n=100, q=1)
-    assert block.atoms.atom_w.max() == 1
+    assert block.atoms.atom_stats[:, 1].max() == 1
     args = block.kernel_args()
     ks = np.array([0, 1])
     X = np.column_stack([group == 0, group == 1, z]).astype(float)
@@ -222,7 +222,7 @@ def test_cox_reid_determinant_with_covariates():
     from perturbglm.stages import _log_det_terms
 
     block, y, group, sf, z = _small_block(n=60, q=2)
-    assert block.atoms.atom_w.max() == 1
+    assert block.atoms.atom_stats[:, 1].max() == 1
     args = block.kernel_args()
     ks = np.array([0, 1])
     X = np.column_stack([group == 0, group == 1, z]).astype(float)

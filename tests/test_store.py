@@ -51,5 +51,5 @@ def test_blocks_identical_in_memory_and_spilled(tmp_path, s0, s1):
     for store in (kept, spilled):
         block = summaries.build_block(store, s0, s1, group, at)
         np.testing.assert_array_equal(block.nz_ptr, ptr)
-        np.testing.assert_array_equal(block.nz_y, y)
-        np.testing.assert_array_equal(block.nz_cell, cell)
+        np.testing.assert_array_equal(block.nz[:, 1], y)
+        np.testing.assert_array_equal(block.nz[:, 0], cell)

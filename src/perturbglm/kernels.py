@@ -19,11 +19,11 @@ A zero count contributes -(1/a) log(1 + a mu) to the log-likelihood, a function 
 offset only, so  sum over zero cells = sum over atoms - sum over the non-zero cells.
 
 Data layout (see `summaries.GeneBlock`): atoms of group k are atom_ptr[k]:atom_ptr[k+1], each
-with the mean log size factor of its cells, their number and the sum of their squared
-deviations from that mean (atom_w2, 0 for single cells); cell_atom maps a cell to its atom.
-Non-zero entries of gene g in group k are nz_ptr[g*G+k]:nz_ptr[g*G+k+1], with counts nz_y and
-cell indices nz_cell into cell_logs / cell_atom. The tab_* arrays hold the groups' zero-count
-tables (zero_terms.build), empty with covariates.
+a row of atom_stats: the mean log size factor of its cells, their number and the sum of their
+squared deviations from that mean (0 for single cells); cell_atom maps a cell to its atom.
+Non-zero entries of gene g in group k are rows nz_ptr[g*G+k]:nz_ptr[g*G+k+1] of nz, each a
+cell index (into cell_logs / cell_atom) and its count. The tab_* arrays hold the groups'
+zero-count tables (zero_terms.build), empty with covariates.
 
 Dispersion is optimised in theta = log(a). All derivatives are analytic in theta.
 """
@@ -34,7 +34,7 @@ import numpy as np
 from numba import njit
 
 from .special import SMALL_COUNT, lgamma_ratio
-from .zero_terms import atom_mean, atom_rho, exposure, group_zero, tabulated
+from .zero_terms import LOG, W, atom_mean, atom_rho, exposure, group_zero, tabulated
 
 
 @njit(cache=True)
@@ -55,7 +55,7 @@ def atom_moments(g, k, data):
     first = data.atom_ptr[k]
     moments = np.zeros((data.atom_ptr[k + 1] - first, 3))
     for e in range(data.nz_ptr[g * data.G + k], data.nz_ptr[g * data.G + k + 1]):
-        _add_moments(moments, data.nz_cell[e], float(data.nz_y[e]), first, data)
+        _add_moments(moments, data.nz[e, 0], float(data.nz[e, 1]), first, data)
     return moments
 
 
@@ -63,7 +63,7 @@ def atom_moments(g, k, data):
 def _add_moments(moments, cell, y, first, data):
     """Add count y of a cell to its atom's row of moments (atoms of the group from `first`)."""
     j = data.cell_atom[cell] - first
-    d = data.cell_logs[cell] - data.atom_logs[first + j]
+    d = data.cell_logs[cell] - data.atom_stats[first + j, LOG]
     moments[j, 0] += y
     moments[j, 1] += y * d
     moments[j, 2] += y * d * d
@@ -77,17 +77,17 @@ def fixed_mu(ks, bk, c, g, data):
     - the gene's counts summed per atom that has any, with their first and second moments
       in the cells' log size-factor deviations from the atom's (Y0, Y1, Y2), so that sums
       over non-zero cells are second-order expansions about the atom (exact for single-cell
-      atoms), and the atom's mean at b = 0, e_base (a group's mean is e^b e_base);
+      atoms), and the atom's mean at b = 0 (a group's mean is e^b times it): rows
+      (mean at b = 0, Y0, Y1, Y2) of `terms`;
     - the count tail table tail[i, j] = #cells of group ks[i] with j < y <= SMALL_COUNT,
       which turns the log-gamma terms into one log per count level, and the larger counts.
-    Returns the state (ks, bk, c, e_ptr, e_base, e_y, big_ptr, big_y, tail)."""
+    Returns the state (ks, bk, c, e_ptr, terms, big_ptr, big_y, tail)."""
     n = ks.shape[0]
     n_nz = 0
     for i in range(n):
         n_nz += data.nz_ptr[g * data.G + ks[i] + 1] - data.nz_ptr[g * data.G + ks[i]]
     e_ptr = np.zeros(n + 1, dtype=np.int64)
-    e_base = np.empty(n_nz)
-    e_y = np.empty((n_nz, 3))
+    terms = np.empty((n_nz, 4))
     big_ptr = np.zeros(n + 1, dtype=np.int64)
     big_y = np.empty(n_nz)
     tail = np.zeros((n, SMALL_COUNT))
@@ -97,8 +97,8 @@ def fixed_mu(ks, bk, c, g, data):
         moments = np.zeros((data.atom_ptr[k + 1] - first, 3))
         big_ptr[i + 1] = big_ptr[i]
         for e in range(data.nz_ptr[g * data.G + k], data.nz_ptr[g * data.G + k + 1]):
-            y = float(data.nz_y[e])
-            _add_moments(moments, data.nz_cell[e], y, first, data)
+            y = float(data.nz[e, 1])
+            _add_moments(moments, data.nz[e, 0], y, first, data)
             if y <= SMALL_COUNT:
                 tail[i, int(y) - 1] += 1.0
             else:
@@ -109,13 +109,13 @@ def fixed_mu(ks, bk, c, g, data):
         t = e_ptr[i]
         for j in range(moments.shape[0]):
             if moments[j, 0] > 0.0:
-                e_base[t] = atom_mean(first + j, 0.0, c, data, 0.0)[0]
-                e_y[t, 0] = moments[j, 0]
-                e_y[t, 1] = moments[j, 1]
-                e_y[t, 2] = moments[j, 2]
+                terms[t, 0] = atom_mean(first + j, 0.0, c, data, 0.0)[0]
+                terms[t, 1] = moments[j, 0]
+                terms[t, 2] = moments[j, 1]
+                terms[t, 3] = moments[j, 2]
                 t += 1
         e_ptr[i + 1] = t
-    return ks, bk, c, e_ptr, e_base, e_y, big_ptr, big_y, tail
+    return ks, bk, c, e_ptr, terms, big_ptr, big_y, tail
 
 
 @njit(cache=True)
@@ -148,7 +148,7 @@ def schur_terms(theta, state, data, minmu):
         C[:] = 0.0
         for t in range(data.atom_ptr[ks[i]], data.atom_ptr[ks[i] + 1]):
             _, mu, h = atom_mean(t, bk[i], c, data, minmu)
-            w = data.atom_w[t]
+            w = data.atom_stats[t, W]
             _, R1, R2, R3 = atom_rho(a * mu, w, h)
             wt[0], wt[1], wt[2] = _zero_weights(theta, (w + h) * mu, R1, R2, R3)
             z = data.atom_z[t]
@@ -184,7 +184,7 @@ def profile(theta, state, data, minmu):
     adds the difference lgamma(y + r) - lgamma(r) + y theta - y u. Sums over an atom's cells
     are expanded to second order in their log size-factor deviations; a mean floored at
     minmu does not move with the size factor (no expansion terms)."""
-    ks, bk, c, e_ptr, e_base, e_y, big_ptr, big_y, tail = state
+    ks, bk, c, e_ptr, terms, big_ptr, big_y, tail = state
     a = math.exp(theta)
     r = 1.0 / a
     F = 0.0
@@ -198,11 +198,11 @@ def profile(theta, state, data, minmu):
         V, V1, V2 = _zero_weights(theta, emu, R1, R2, R3)
         eb = math.exp(bk[i])
         for t in range(e_ptr[i], e_ptr[i + 1]):
-            raw = eb * e_base[t]
+            raw = eb * terms[t, 0]
             free = raw >= minmu
-            y0 = e_y[t, 0]
-            y1 = e_y[t, 1] if free else 0.0
-            y2 = 0.5 * e_y[t, 2] if free else 0.0
+            y0 = terms[t, 1]
+            y1 = terms[t, 2] if free else 0.0
+            y2 = 0.5 * terms[t, 3] if free else 0.0
             am = a * max(raw, minmu)
             q, p, k, kk = _sigmoid_terms(am)
             u = math.log1p(am)
@@ -247,7 +247,7 @@ def _atom_terms(j, b, c, data, a, minmu):
     Q1 * gap, gap = log(minmu / raw), to the score: the fits reach the fixed point of
     DESeq2's IRLS, in which floored means keep their weight."""
     raw, mu, h = atom_mean(j, b, c, data, minmu)
-    w = data.atom_w[j]
+    w = data.atom_stats[j, W]
     _, R1, R2, _ = atom_rho(a * mu, w, h)
     r = 1.0 / a
     emu = (w + h) * mu
@@ -277,7 +277,7 @@ def _score_terms(theta, b, state, data, minmu):
     intercept b of the single group of a `fixed_mu` state (mu = exp(b) * base) at dispersion
     e^theta. Without covariates and with no mean floored, the zero-count terms are the
     group's sums (its table); otherwise atom by atom, with the floors' gaps."""
-    ks, _, c, e_ptr, e_base, e_y = state[:6]
+    ks, _, c, e_ptr, terms = state[:5]
     k = ks[0]
     a = math.exp(theta)
     score = 0.0
@@ -307,8 +307,8 @@ def _score_terms(theta, b, state, data, minmu):
                 f_b += P
     eb = math.exp(b)
     for t in range(e_ptr[0], e_ptr[1]):
-        sc, obs, sc_theta = _count_terms(eb * e_base[t], e_y[t, 0], e_y[t, 1], e_y[t, 2], a,
-                                         minmu)
+        sc, obs, sc_theta = _count_terms(eb * terms[t, 0], terms[t, 1], terms[t, 2],
+                                         terms[t, 3], a, minmu)
         score += sc
         hess += obs
         s_theta += sc_theta
@@ -323,10 +323,10 @@ def mle(theta, state, data, minmu, b_start):
 
     Returns (b, fisher, db/dtheta, dfisher/dtheta); b = -inf and zeros for a group with no
     counts, whose MLE lies at the boundary."""
-    ks, _, c, e_ptr, _, e_y = state[:6]
+    ks, _, c, e_ptr, terms = state[:5]
     ysum = 0.0
     for t in range(e_ptr[0], e_ptr[1]):
-        ysum += e_y[t, 0]
+        ysum += terms[t, 1]
     if ysum <= 0.0:
         return -np.inf, 0.0, 0.0, 0.0
     if np.isfinite(b_start):

@@ -46,7 +46,7 @@ def normalised_sums(data):
     for g in prange(n_genes):
         for k in range(data.G):
             for e in range(data.nz_ptr[g * data.G + k], data.nz_ptr[g * data.G + k + 1]):
-                out[g, k] += data.nz_y[e] * inverse[data.nz_cell[e]]
+                out[g, k] += data.nz[e, 1] * inverse[data.nz[e, 0]]
     return out
 
 

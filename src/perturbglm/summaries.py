@@ -218,18 +218,16 @@ class Atoms:
     G: int
     group_n: np.ndarray
     atom_ptr: np.ndarray
-    atom_logs: np.ndarray
-    atom_w: np.ndarray
-    atom_w2: np.ndarray
+    atom_stats: np.ndarray    # atoms x (mean log size factor, cells, squared deviations)
     atom_z: np.ndarray
     cell_logs: np.ndarray
     cell_atom: np.ndarray
-    tables: tuple         # zero_terms.build: (ptr, x0, R, S, C, smin); empty with covariates
+    tables: tuple         # zero_terms.build: (ptr, R, const); empty with covariates
 
 
 BlockData = namedtuple("BlockData", [
-    "G", "atom_ptr", "atom_logs", "atom_w", "atom_w2", "atom_z", "cell_logs", "cell_atom",
-    "tab_ptr", "tab_x0", "tab_R", "tab_S", "tab_C", "tab_smin", "nz_ptr", "nz_y", "nz_cell"])
+    "G", "atom_ptr", "atom_stats", "atom_z", "cell_logs", "cell_atom",
+    "tab_ptr", "tab_R", "tab_const", "nz_ptr", "nz"])
 BlockData.__doc__ = "What the compiled kernels read of a gene block (layout: kernels.py)."
 
 
@@ -240,8 +238,7 @@ class GeneBlock:
     g0: int
     atoms: Atoms
     nz_ptr: np.ndarray
-    nz_y: np.ndarray
-    nz_cell: np.ndarray
+    nz: np.ndarray        # non-zeros x (cell, count), as the store's records
 
     @property
     def n_genes(self) -> int:
@@ -249,9 +246,8 @@ class GeneBlock:
 
     def kernel_args(self) -> BlockData:
         a = self.atoms
-        return BlockData(a.G, a.atom_ptr, a.atom_logs, a.atom_w, a.atom_w2, a.atom_z,
-                         a.cell_logs, a.cell_atom, *a.tables, self.nz_ptr, self.nz_y,
-                         self.nz_cell)
+        return BlockData(a.G, a.atom_ptr, a.atom_stats, a.atom_z,
+                         a.cell_logs, a.cell_atom, *a.tables, self.nz_ptr, self.nz)
 
 
 def _stratum_atoms(logs: np.ndarray):
@@ -302,23 +298,19 @@ def atoms(cell_group: np.ndarray, size_factors: np.ndarray, covariates: np.ndarr
             n_atoms += lg.size
         atom_ptr.append(n_atoms)
     atom_ptr = np.asarray(atom_ptr, dtype=np.int64)
-    atom_logs = np.concatenate(a_logs)
-    atom_w = np.concatenate(a_w)
-    atom_w2 = np.concatenate(a_w2)
+    stats = np.column_stack([np.concatenate(a) for a in (a_logs, a_w, a_w2)])
     if q == 0:
-        tables = zero_terms.build(atom_ptr, atom_logs, atom_w, atom_w2)
+        tables = zero_terms.build(atom_ptr, stats)
     else:
-        tables = (np.zeros(0, np.int64), np.zeros(0), np.zeros((4, 0)), np.zeros(0),
-                  np.zeros((0, 3)), np.zeros(0))
+        tables = (np.zeros(0, np.int64), np.zeros((4, 0)), np.zeros((0, 6)))
     return Atoms(G=G, group_n=counts_k.astype(np.float64), atom_ptr=atom_ptr,
-                 atom_logs=atom_logs, atom_w=atom_w, atom_w2=atom_w2,
+                 atom_stats=stats,
                  atom_z=np.ascontiguousarray(np.concatenate(a_z, axis=0)),
                  cell_logs=cell_logs, cell_atom=cell_atom, tables=tables)
 
 
 @njit(cache=True, parallel=True)
-def _sort_part(rec, runs, run_gene, g0, ga, gb, cell_group, G, pos, out_y, out_cell, place,
-               bands):
+def _sort_part(rec, runs, run_gene, g0, ga, gb, cell_group, G, pos, out, place, bands):
     """One part of the counting sort by (gene, group) (see `build_block`), its genes within
     ga..gb-1: place=False adds its records to the key counts pos[key + 1], place=True moves
     them to out at pos[key] (keys count from gene g0). Genes are split into `bands` (one per
@@ -337,8 +329,8 @@ def _sort_part(rec, runs, run_gene, g0, ga, gb, cell_group, G, pos, out_y, out_c
             for e in range(start[t], start[t + 1]):
                 k = base + cell_group[rec[e, 0]]
                 if place:
-                    out_y[pos[k]] = rec[e, 1]
-                    out_cell[pos[k]] = rec[e, 0]
+                    out[pos[k], 0] = rec[e, 0]
+                    out[pos[k], 1] = rec[e, 1]
                     pos[k] += 1
                 else:
                     pos[k + 1] += 1
@@ -346,10 +338,10 @@ def _sort_part(rec, runs, run_gene, g0, ga, gb, cell_group, G, pos, out_y, out_c
 
 @njit(cache=True)
 def _records(n):
-    """Two int32 arrays of n, allocated by numba: numpy asks the kernel for transparent huge
+    """n records (int32 n x 2), allocated by numba: numpy asks the kernel for transparent huge
     pages on large arrays, whose first touch can stall for compaction (0.2-0.6 s per 256 MB
     measured on this project's 2-core VMs, against 0.08 s for ordinary pages)."""
-    return np.empty(n, dtype=np.int32), np.empty(n, dtype=np.int32)
+    return np.empty((n, 2), dtype=np.int32)
 
 
 def build_block(store: Store, s0: int, s1: int, cell_group: np.ndarray,
@@ -358,18 +350,17 @@ def build_block(store: Store, s0: int, s1: int, cell_group: np.ndarray,
     O(records), nothing copied before it, and (spilled) one slab's records read at a time."""
     g0, g1 = int(store.bounds[s0]), int(store.bounds[s1])
     ptr = np.zeros((g1 - g0) * at.G + 1, dtype=np.int64)
-    y, cell = _records(int(store.nnz[s0:s1].sum()))
+    nz = _records(int(store.nnz[s0:s1].sum()))
     pos = np.empty_like(ptr)
-    empty = np.empty(0, dtype=np.int32)
+    empty = np.empty((0, 2), dtype=np.int32)
     bands = get_num_threads()
     for ga, gb, parts in store.segments(s0, s1):
         k0, k1 = (ga - g0) * at.G, (gb - g0) * at.G
         for rec, runs, run_gene in parts:
-            _sort_part(rec, runs, run_gene, g0, ga, gb, cell_group, at.G, ptr, empty, empty,
-                       False, bands)
+            _sort_part(rec, runs, run_gene, g0, ga, gb, cell_group, at.G, ptr, empty, False,
+                       bands)
         np.cumsum(ptr[k0:k1 + 1], out=ptr[k0:k1 + 1])
         pos[k0:k1 + 1] = ptr[k0:k1 + 1]
         for rec, runs, run_gene in parts:
-            _sort_part(rec, runs, run_gene, g0, ga, gb, cell_group, at.G, pos, y, cell, True,
-                       bands)
-    return GeneBlock(g0=g0, atoms=at, nz_ptr=ptr, nz_y=y, nz_cell=cell)
+            _sort_part(rec, runs, run_gene, g0, ga, gb, cell_group, at.G, pos, nz, True, bands)
+    return GeneBlock(g0=g0, atoms=at, nz_ptr=ptr, nz=nz)

@@ -29,6 +29,8 @@ from .hermite import quintic_hermite
 T_LO = 1e-4
 T_HI = math.exp(25.0)
 STEP = 0.125  # grid spacing in x
+X0, S, SMIN, C2 = 0, 1, 2, 3  # columns of a group's constants (`build`); C3, C4 follow C2
+LOG, W, W2 = 0, 1, 2          # columns of atom_stats (summaries.Atoms)
 
 
 @njit(cache=True)
@@ -45,10 +47,10 @@ def atom_mean(j, b, c, data, minmu):
     """Atom j at intercept b and covariate coefficients c: its unfloored mean raw (at its mean
     log size factor), its mean mu = max(raw, minmu) and h, half its spread, which is 0 when
     the mean is floored (a floored mean does not move with the size factor)."""
-    raw = math.exp(b + offset(data.atom_logs[j], data.atom_z[j], c))
+    raw = math.exp(b + offset(data.atom_stats[j, LOG], data.atom_z[j], c))
     if raw < minmu:
         return raw, minmu, 0.0
-    return raw, raw, 0.5 * data.atom_w2[j]
+    return raw, raw, 0.5 * data.atom_stats[j, W2]
 
 
 @njit(cache=True)
@@ -69,53 +71,52 @@ def atom_rho(t, w, h):
 
 
 @njit(cache=True, parallel=True)
-def build(atom_ptr, atom_logs, atom_w, atom_w2):
-    """Every group's table: ptr (its nodes are ptr[k]:ptr[k+1] of R, 4 x nodes, rows R_0..R_3),
-    x0 (its first node), S = sum (w + h) e^l (so that Emu = e^b S), C (groups x 3): the
-    series coefficients C_m = sum (w + m^2 h) e^(m l), m = 2, 3, 4, below the grid, and
-    smin, its smallest atom size factor (no mean is floored while e^b smin >= minmu)."""
+def build(atom_ptr, atom_stats):
+    """Every group's table: ptr (its nodes are ptr[k]:ptr[k+1] of R, 4 x nodes, rows R_0..R_3)
+    and its constants (groups x 6, one row per group so that the kernels pass one array):
+    X0, its first node; S = sum (w + h) e^l (so that Emu = e^b S); SMIN, its smallest atom
+    size factor (no mean is floored while e^b smin >= minmu); C2..C4, the series
+    coefficients C_m = sum (w + m^2 h) e^(m l), m = 2, 3, 4, below the grid."""
     G = atom_ptr.shape[0] - 1
-    x0 = np.empty(G)
-    lmin = np.zeros(G)
     ptr = np.zeros(G + 1, dtype=np.int64)
-    S = np.zeros(G)
-    C = np.zeros((G, 3))
+    const = np.zeros((G, 6))
     for k in range(G):
-        lo = atom_logs[atom_ptr[k]:atom_ptr[k + 1]]
-        lmin[k] = lo.min() if lo.shape[0] else 0.0
+        lo = atom_stats[atom_ptr[k]:atom_ptr[k + 1], LOG]
+        l_min = lo.min() if lo.shape[0] else 0.0
         l_max = lo.max() if lo.shape[0] else 0.0
-        x0[k] = math.log(T_LO) - l_max
-        n = int(math.ceil((math.log(T_HI) - lmin[k] - x0[k]) / STEP)) + 1
+        const[k, X0] = math.log(T_LO) - l_max
+        const[k, SMIN] = math.exp(l_min)
+        n = int(math.ceil((math.log(T_HI) - l_min - const[k, X0]) / STEP)) + 1
         ptr[k + 1] = ptr[k] + n
     R = np.zeros((4, ptr[G]))
     for k in prange(G):
         for j in range(atom_ptr[k], atom_ptr[k + 1]):
-            w, h = atom_w[j], 0.5 * atom_w2[j]
-            e = math.exp(atom_logs[j])
-            S[k] += (w + h) * e
+            w, h = atom_stats[j, W], 0.5 * atom_stats[j, W2]
+            e = math.exp(atom_stats[j, LOG])
+            const[k, S] += (w + h) * e
             for m in range(2, 5):
-                C[k, m - 2] += (w + m * m * h) * e ** m
+                const[k, C2 + m - 2] += (w + m * m * h) * e ** m
         for i in range(ptr[k + 1] - ptr[k]):
-            x = x0[k] + i * STEP
+            x = const[k, X0] + i * STEP
             for j in range(atom_ptr[k], atom_ptr[k + 1]):
-                r0, r1, r2, r3 = atom_rho(math.exp(x + atom_logs[j]), atom_w[j],
-                                          0.5 * atom_w2[j])
+                r0, r1, r2, r3 = atom_rho(math.exp(x + atom_stats[j, LOG]),
+                                          atom_stats[j, W], 0.5 * atom_stats[j, W2])
                 R[0, ptr[k] + i] += r0
                 R[1, ptr[k] + i] += r1
                 R[2, ptr[k] + i] += r2
                 R[3, ptr[k] + i] += r3
-    return ptr, x0, R, S, C, np.exp(lmin)
+    return ptr, R, const
 
 
 @njit(cache=True)
 def exposure(k, c, data):
     """sum (w + h) e^offset over group k's atoms: its cells' summed means at b = 0."""
     if data.tab_ptr.shape[0] > 0:
-        return data.tab_S[k]
+        return data.tab_const[k, S]
     out = 0.0
     for j in range(data.atom_ptr[k], data.atom_ptr[k + 1]):
         _, mu, h = atom_mean(j, 0.0, c, data, 0.0)
-        out += (data.atom_w[j] + h) * mu
+        out += (data.atom_stats[j, W] + h) * mu
     return out
 
 
@@ -123,7 +124,7 @@ def exposure(k, c, data):
 def tabulated(k, eb, data, minmu):
     """Whether group k's zero-count sums come from its table at intercept b (eb = e^b): it
     has one (no covariates) and none of its means is floored."""
-    return data.tab_ptr.shape[0] > 0 and eb * data.tab_smin[k] >= minmu
+    return data.tab_ptr.shape[0] > 0 and eb * data.tab_const[k, SMIN] >= minmu
 
 
 @njit(cache=True)
@@ -136,13 +137,13 @@ def group_zero(theta, k, b, c, data, minmu):
     if tabulated(k, eb, data, minmu):
         p0 = data.tab_ptr[k]
         n = data.tab_ptr[k + 1] - p0
-        x0 = data.tab_x0[k]
-        emu = eb * data.tab_S[k]
+        x0 = data.tab_const[k, X0]
+        emu = eb * data.tab_const[k, S]
         if x < x0:
             e = math.exp(x)
-            c2 = data.tab_C[k, 0] * e * e
-            c3 = data.tab_C[k, 1] * e * e * e
-            c4 = data.tab_C[k, 2] * (e * e) * (e * e)
+            c2 = data.tab_const[k, C2] * e * e
+            c3 = data.tab_const[k, C2 + 1] * e * e * e
+            c4 = data.tab_const[k, C2 + 2] * (e * e) * (e * e)
             return (emu, -c2 / 2.0 + c3 / 3.0 - c4 / 4.0, -c2 + c3 - c4,
                     -2.0 * c2 + 3.0 * c3 - 4.0 * c4, -4.0 * c2 + 9.0 * c3 - 16.0 * c4)
         if x <= x0 + (n - 1) * STEP:
@@ -153,7 +154,7 @@ def group_zero(theta, k, b, c, data, minmu):
     emu = r0 = r1 = r2 = r3 = 0.0
     for j in range(data.atom_ptr[k], data.atom_ptr[k + 1]):
         _, mu, h = atom_mean(j, b, c, data, minmu)
-        w = data.atom_w[j]
+        w = data.atom_stats[j, W]
         emu += (w + h) * mu
         d0, d1, d2, d3 = atom_rho(a * mu, w, h)
         r0 += d0

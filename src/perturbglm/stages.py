@@ -253,19 +253,16 @@ def _search(g, comp, start, lo, hi, prior_mean, prior_var, b, coef, prof, schur,
     """The optimal theta of gene g in comparison comp (a group against the control, whose
     part comes from its tables; -1: every group together) from `start`, and the gene's
     `fixed_mu` state in the comparison's groups."""
-    if comp < 0:
-        ks = np.arange(data.G)
-        table = np.zeros((3, 0))
-    else:
-        ks = np.full(1, comp, dtype=np.int64)
-        table = prof[g]
+    # Both cases as views of the same arrays: an if/else that allocated the empty control
+    # table made numba merge unlike arrays and cost 20% of a search.
+    ks = np.arange(data.G) if comp < 0 else np.full(1, comp, dtype=np.int64)
+    table = prof[g, :, :0] if comp < 0 else prof[g]
     state = fixed_mu(ks, b[g][ks], coef[g], g, data)
     if schur is None:
         th = _maximise(start, lo, hi, state, table, None, theta_lo, prior_mean, prior_var,
                        data, minmu)
     else:
-        q = data.atom_z.shape[1]
-        own = np.zeros((q, q, 3, 0)) if comp < 0 else schur[g]
+        own = schur[g, :, :, :, :0] if comp < 0 else schur[g]
         th = _maximise(start, lo, hi, state, table, own, theta_lo, prior_mean, prior_var,
                        data, minmu)
     return th, state

@@ -173,11 +173,12 @@ def stage_a(block: summaries.GeneBlock, cx: Context) -> dict:
                                          cx.lo, float(cx.hi.max()), cx.theta_lo, args)
         start = np.repeat(optimum[:, None], bm.shape[1], axis=1)
     start[~(bm > 0)] = np.nan
-    th_gene = stages.dispersions(cx.dcomps, start, cx.lo, cx.hi, b, coef, prof,
-                                 cx.with_covariates(schur), cx.theta_lo, args, minmu)
+    th_gene, curv = stages.dispersions(cx.dcomps, start, cx.lo, cx.hi, b, coef, prof,
+                                       cx.with_covariates(schur), cx.theta_lo, args, minmu)
     disp_gene = np.clip(np.exp(th_gene), MIN_DISP, cx.max_disp[None, :])
+    curv[np.log(disp_gene) != th_gene] = np.nan      # clipped: not the search's optimum
     return {"b": b, "coef": coef, "prof": prof, "schur": schur,
-            "wald_tab": wald_tab,
+            "wald_tab": wald_tab, "curv_gene": curv.T,
             "disp_gene": disp_gene.T, "bm": bm.T, "base_mean": base_mean.T,
             "pct_perturbed": pct[:, cx.comps].T, "pct_control": pct[:, ctrl]}
 
@@ -205,8 +206,17 @@ def stage_b(block: summaries.GeneBlock, a: dict, disp_trend: np.ndarray, prior_v
     minmu = float(cx.opts.min_mu)
     log_gene = np.log(a["disp_gene"].T)
     log_trend = np.log(disp_trend.T)
-    # DESeq2 starts the MAP search at the gene-wise value unless it lies 10x below the trend
-    map_start = np.where(log_gene > log_trend + math.log(0.1), log_gene, log_trend)
+    # DESeq2 starts the MAP search at the gene-wise value unless it lies 10x below the trend.
+    # There the profile's slope is 0 and its curvature known from stage A, so the search's
+    # first Newton step (towards the prior) is taken without evaluating the start.
+    # With d = theta - trend, the MAP objective's slope there is -d / v and its curvature
+    # curv - 1 / v (v: the prior variance): the step is -d / (1 - curv v).
+    at_gene = log_gene > log_trend + math.log(0.1)
+    curv = a["curv_gene"].T
+    v = np.broadcast_to(prior_var[None, :], curv.shape)
+    newton = at_gene & (v > 0) & (curv < 0)
+    map_start = np.where(at_gene, log_gene, log_trend)
+    map_start[newton] -= (log_gene - log_trend)[newton] / (1.0 - curv[newton] * v[newton])
     map_start[~(a["bm"].T > 0)] = np.nan
     outlier = log_gene > log_trend + 2 * np.sqrt(var_log)[None, :]
     theta, lfc, se = stages.final_and_wald(
@@ -340,7 +350,8 @@ def run(path: str, opts: Options, out_dir: str, overwrite: bool = False,
         if not ws.has(f"b{i:05d}"):
             g0, g1 = blocks.genes(i)
             a = {k: ws.load(f"a{i:05d}", k) for k in
-                 ("b", "coef", "prof", "schur", "wald_tab", "disp_gene", "bm", "base_mean")}
+                 ("b", "coef", "prof", "schur", "wald_tab", "disp_gene", "curv_gene", "bm",
+                  "base_mean")}
             dt = np.concatenate([ws.load(n, "disp_trend", cols=slice(g0, g1))
                                  for _, _, n in trend_names], axis=0)
             ws.save_arrays(f"b{i:05d}", **stage_b(blocks.get(i), a, dt, prior_var, var_log,

@@ -201,14 +201,15 @@ def _maximise(theta0, lo, hi, state, table, schur, theta_lo, prior_mean, prior_v
     Newton step below FINAL_STEP is taken without evaluating its end point: convergence is
     quadratic there, so the error left is of order FINAL_STEP^2 (at most 1e-8 in theta on
     the 100k-cell benchmark against a search run to 1e-6 steps; a quarter fewer
-    evaluations)."""
+    evaluations). Returns the theta and the objective's curvature at the last evaluation
+    (the MAP search of stage B takes its first step from it)."""
     th = min(max(theta0, lo), hi)
     F, F1, F2 = _objective(th, state, table, schur, theta_lo, prior_mean, prior_var, data,
                            minmu)
     for _ in range(200):
         step = -F1 / F2 if F2 < 0.0 else (1.0 if F1 > 0.0 else -1.0)
         if F2 < 0.0 and abs(step) < FINAL_STEP:
-            return min(max(th + step, lo), hi)
+            return min(max(th + step, lo), hi), F2
         step = min(max(step, -2.0), 2.0)
         moved = False
         for _half in range(40):
@@ -224,7 +225,7 @@ def _maximise(theta0, lo, hi, state, table, schur, theta_lo, prior_mean, prior_v
             step *= 0.5
         if not moved:
             break
-    return th
+    return th, F2
 
 
 @njit(cache=True, parallel=True)
@@ -240,10 +241,10 @@ def control_optimum(prof, schur, theta0, lo, hi, theta_lo, data):
         nothing = fixed_mu(no_groups, np.empty(0), np.zeros(0), g, data)
         if schur is None:
             out[g] = _maximise(theta0, lo, hi, nothing, prof[g], None, theta_lo, 0.0, 0.0,
-                               data, 0.0)
+                               data, 0.0)[0]
         else:
             out[g] = _maximise(theta0, lo, hi, nothing, prof[g], schur[g], theta_lo, 0.0, 0.0,
-                               data, 0.0)
+                               data, 0.0)[0]
     return out
 
 
@@ -251,21 +252,21 @@ def control_optimum(prof, schur, theta0, lo, hi, theta_lo, data):
 def _search(g, comp, start, lo, hi, prior_mean, prior_var, b, coef, prof, schur, theta_lo,
             data, minmu):
     """The optimal theta of gene g in comparison comp (a group against the control, whose
-    part comes from its tables; -1: every group together) from `start`, and the gene's
-    `fixed_mu` state in the comparison's groups."""
+    part comes from its tables; -1: every group together) from `start`, the curvature
+    there (see `_maximise`) and the gene's `fixed_mu` state in the comparison's groups."""
     # Both cases as views of the same arrays: an if/else that allocated the empty control
     # table made numba merge unlike arrays and cost 20% of a search.
     ks = np.arange(data.G) if comp < 0 else np.full(1, comp, dtype=np.int64)
     table = prof[g, :, :0] if comp < 0 else prof[g]
     state = fixed_mu(ks, b[g][ks], coef[g], g, data)
     if schur is None:
-        th = _maximise(start, lo, hi, state, table, None, theta_lo, prior_mean, prior_var,
-                       data, minmu)
+        th, F2 = _maximise(start, lo, hi, state, table, None, theta_lo, prior_mean,
+                           prior_var, data, minmu)
     else:
         own = schur[g, :, :, :, :0] if comp < 0 else schur[g]
-        th = _maximise(start, lo, hi, state, table, own, theta_lo, prior_mean, prior_var,
-                       data, minmu)
-    return th, state
+        th, F2 = _maximise(start, lo, hi, state, table, own, theta_lo, prior_mean,
+                           prior_var, data, minmu)
+    return th, F2, state
 
 
 @njit(cache=True, parallel=True)
@@ -273,15 +274,18 @@ def dispersions(comps, start, lo, hi, b, coef, prof, schur, theta_lo, data, minm
     """Gene-wise (Cox-Reid adjusted maximum-likelihood) theta of each gene in each
     comparison `comps[j]` (see `_search`), searched from start[g, j]; NaN skips the pair.
     hi[j] is the upper bound of comparison j. schur is the control's Schur table with
-    covariates, None without (numba then compiles the covariate terms away)."""
+    covariates, None without (numba then compiles the covariate terms away). Returns the
+    thetas and the profile's curvature at each (see `_maximise`)."""
     n_genes = b.shape[0]
     out = np.full((n_genes, comps.shape[0]), np.nan)
+    curv = np.full((n_genes, comps.shape[0]), np.nan)
     for g in prange(n_genes):
         for j in range(comps.shape[0]):
             if np.isfinite(start[g, j]):
-                out[g, j] = _search(g, comps[j], start[g, j], lo, hi[j], 0.0, 0.0, b, coef,
-                                    prof, schur, theta_lo, data, minmu)[0]
-    return out
+                out[g, j], curv[g, j], _ = _search(g, comps[j], start[g, j], lo, hi[j], 0.0,
+                                                   0.0, b, coef, prof, schur, theta_lo, data,
+                                                   minmu)
+    return out, curv
 
 
 @njit(cache=True)
@@ -337,8 +341,8 @@ def final_and_wald(dcomps, comps, control, start, prior_mean, prior_var, gene_th
         for j in range(dcomps.shape[0]):
             if not np.isfinite(start[g, j]):
                 continue
-            th, state = _search(g, dcomps[j], start[g, j], lo, hi[j], prior_mean[g, j],
-                                prior_var[j], b, coef, prof, schur, theta_lo, data, minmu)
+            th, _, state = _search(g, dcomps[j], start[g, j], lo, hi[j], prior_mean[g, j],
+                                   prior_var[j], b, coef, prof, schur, theta_lo, data, minmu)
             th = gene_theta[g, j] if outlier[g, j] else min(max(th, min_theta), hi[j])
             theta[g, j] = th
             if joint:

@@ -43,7 +43,8 @@ def _expected(counts, group, g0, g1, groups):
 def test_blocks_identical_in_memory_and_spilled(tmp_path, s0, s1):
     counts, group = _screen()
     groups = 3
-    at = summaries.atoms(group, np.ones(group.size), np.zeros((group.size, 0)), True, groups)
+    sf = np.random.default_rng(1).uniform(0.5, 2.0, group.size)
+    at = summaries.atoms(group, sf, np.zeros((group.size, 0)), True, groups)
     kept = _store(counts, group, None, 41)
     spilled = _store(counts, group, str(tmp_path / "spill"), 23)
     assert spilled.n_slabs == 4
@@ -52,4 +53,14 @@ def test_blocks_identical_in_memory_and_spilled(tmp_path, s0, s1):
         block = summaries.build_block(store, s0, s1, group, at)
         np.testing.assert_array_equal(block.nz_ptr, ptr)
         np.testing.assert_array_equal(block.nz[:, 1], y)
-        np.testing.assert_array_equal(block.nz[:, 0], cell)
+        np.testing.assert_array_equal(block.nz[:, 0], at.cell_rank[cell])
+        np.testing.assert_array_equal(at.cell_logs[block.nz[:, 0]], np.log(sf[cell]))
+
+
+def test_cells_are_ranked_in_group_order():
+    """Gene blocks name cells by rank: analysed cells group by group, in file order."""
+    _, group = _screen()
+    at = summaries.atoms(group, np.ones(group.size), np.zeros((group.size, 0)), True, 3)
+    ranked = np.flatnonzero(group >= 0)[np.argsort(group[group >= 0], kind="stable")]
+    np.testing.assert_array_equal(at.cell_rank[ranked], np.arange(ranked.size))
+    assert (at.cell_rank[group < 0] == -1).all()

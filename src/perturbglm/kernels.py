@@ -22,8 +22,8 @@ Data layout (see `summaries.GeneBlock`): atoms of group k are atom_ptr[k]:atom_p
 a row of atom_stats: the mean log size factor of its cells, their number and the sum of their
 squared deviations from that mean (0 for single cells); cell_atom maps a cell to its atom.
 Non-zero entries of gene g in group k are rows nz_ptr[g*G+k]:nz_ptr[g*G+k+1] of nz, each a
-cell index (into cell_logs / cell_atom) and its count. The tab_* arrays hold the groups'
-zero-count tables (zero_terms.build), empty with covariates.
+cell (its rank in group order, indexing cell_logs / cell_atom) and its count. The tab_*
+arrays hold the groups' zero-count tables (zero_terms.build), empty with covariates.
 
 Dispersion is optimised in theta = log(a). All derivatives are analytic in theta.
 """

@@ -220,8 +220,9 @@ class Atoms:
     atom_ptr: np.ndarray
     atom_stats: np.ndarray    # atoms x (mean log size factor, cells, squared deviations)
     atom_z: np.ndarray
-    cell_logs: np.ndarray
-    cell_atom: np.ndarray
+    cell_rank: np.ndarray     # per cell: its place in group order (-1: not analysed)
+    cell_logs: np.ndarray     # per analysed cell, in group order: log size factor
+    cell_atom: np.ndarray     # ... and its atom
     tables: tuple         # zero_terms.build: (ptr, R, const); empty with covariates
 
 
@@ -268,6 +269,10 @@ def _stratum_atoms(logs: np.ndarray):
 
 def atoms(cell_group: np.ndarray, size_factors: np.ndarray, covariates: np.ndarray,
           categorical_only: bool, G: int) -> Atoms:
+    """The groups' size-factor atoms (one stratum per covariate row) and the per-cell arrays.
+    Analysed cells are numbered in group order (file order within a group): gene blocks
+    refer to cells by that number, so that the cells of one (gene, group) lie close together
+    in the per-cell arrays (on M this halved the time spent gathering them)."""
     cells = np.flatnonzero(cell_group >= 0)
     cell_logs = np.zeros(cell_group.shape[0])
     cell_logs[cells] = np.log(size_factors[cells])
@@ -298,6 +303,9 @@ def atoms(cell_group: np.ndarray, size_factors: np.ndarray, covariates: np.ndarr
             n_atoms += lg.size
         atom_ptr.append(n_atoms)
     atom_ptr = np.asarray(atom_ptr, dtype=np.int64)
+    order = by_group[cell_group.size - cells.size:]
+    cell_rank = np.full(cell_group.shape[0], -1, dtype=np.int32)
+    cell_rank[order] = np.arange(order.size, dtype=np.int32)
     stats = np.column_stack([np.concatenate(a) for a in (a_logs, a_w, a_w2)])
     if q == 0:
         tables = zero_terms.build(atom_ptr, stats)
@@ -306,16 +314,18 @@ def atoms(cell_group: np.ndarray, size_factors: np.ndarray, covariates: np.ndarr
     return Atoms(G=G, group_n=counts_k.astype(np.float64), atom_ptr=atom_ptr,
                  atom_stats=stats,
                  atom_z=np.ascontiguousarray(np.concatenate(a_z, axis=0)),
-                 cell_logs=cell_logs, cell_atom=cell_atom, tables=tables)
+                 cell_rank=cell_rank, cell_logs=cell_logs[order], cell_atom=cell_atom[order],
+                 tables=tables)
 
 
 @njit(cache=True, parallel=True)
-def _sort_part(rec, runs, run_gene, g0, ga, gb, cell_group, G, pos, out, place, bands):
+def _sort_part(rec, runs, run_gene, g0, ga, gb, cell_group, cell_rank, G, pos, out, place,
+               bands):
     """One part of the counting sort by (gene, group) (see `build_block`), its genes within
     ga..gb-1: place=False adds its records to the key counts pos[key + 1], place=True moves
-    them to out at pos[key] (keys count from gene g0). Genes are split into `bands` (one per
-    thread), each walking the part in order, so every key is filled in record order
-    whatever the number of bands."""
+    them to out at pos[key] (keys count from gene g0), each cell as its rank. Genes are
+    split into `bands` (one per thread), each walking the part in order, so every key is
+    filled in record order whatever the number of bands."""
     start = np.zeros(runs.shape[0] + 1, dtype=np.int64)
     for t in range(runs.shape[0]):
         start[t + 1] = start[t] + runs[t]
@@ -329,7 +339,7 @@ def _sort_part(rec, runs, run_gene, g0, ga, gb, cell_group, G, pos, out, place, 
             for e in range(start[t], start[t + 1]):
                 k = base + cell_group[rec[e, 0]]
                 if place:
-                    out[pos[k], 0] = rec[e, 0]
+                    out[pos[k], 0] = cell_rank[rec[e, 0]]
                     out[pos[k], 1] = rec[e, 1]
                     pos[k] += 1
                 else:
@@ -357,10 +367,11 @@ def build_block(store: Store, s0: int, s1: int, cell_group: np.ndarray,
     for ga, gb, parts in store.segments(s0, s1):
         k0, k1 = (ga - g0) * at.G, (gb - g0) * at.G
         for rec, runs, run_gene in parts:
-            _sort_part(rec, runs, run_gene, g0, ga, gb, cell_group, at.G, ptr, empty, False,
-                       bands)
+            _sort_part(rec, runs, run_gene, g0, ga, gb, cell_group, at.cell_rank, at.G, ptr,
+                       empty, False, bands)
         np.cumsum(ptr[k0:k1 + 1], out=ptr[k0:k1 + 1])
         pos[k0:k1 + 1] = ptr[k0:k1 + 1]
         for rec, runs, run_gene in parts:
-            _sort_part(rec, runs, run_gene, g0, ga, gb, cell_group, at.G, pos, nz, True, bands)
+            _sort_part(rec, runs, run_gene, g0, ga, gb, cell_group, at.cell_rank, at.G, pos,
+                       nz, True, bands)
     return GeneBlock(g0=g0, atoms=at, nz_ptr=ptr, nz=nz)

@@ -176,7 +176,7 @@ def stage_a(block: summaries.GeneBlock, cx: Context) -> dict:
     th_gene, curv = stages.dispersions(cx.dcomps, start, cx.lo, cx.hi, b, coef, prof,
                                        cx.with_covariates(schur), cx.theta_lo, args, minmu)
     disp_gene = np.clip(np.exp(th_gene), MIN_DISP, cx.max_disp[None, :])
-    curv[np.log(disp_gene) != th_gene] = np.nan      # clipped: not the search's optimum
+    curv[disp_gene != np.exp(th_gene)] = np.nan      # clipped: not the search's optimum
     return {"b": b, "coef": coef, "prof": prof, "schur": schur,
             "wald_tab": wald_tab, "curv_gene": curv.T,
             "disp_gene": disp_gene.T, "bm": bm.T, "base_mean": base_mean.T,

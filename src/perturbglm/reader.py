@@ -9,6 +9,7 @@ by chunk as they stream past.
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -215,25 +216,41 @@ def levels(col) -> tuple[np.ndarray, np.ndarray]:
 
 
 class _Slicer:
-    """Reads ds[lo:hi] of a 1-d dataset into one buffer kept from slice to slice: a fresh
-    array per chunk costs page faults (and numpy's huge-page advice, compaction stalls) on
-    every chunk, more than the read itself on this project's VMs."""
+    """Reads ds[lo:hi] of a 1-d dataset into two buffers kept from slice to slice, in turn,
+    so that a slice stays whole while the next one is read (`read_ahead`): a fresh array per
+    chunk costs page faults (and numpy's huge-page advice, compaction stalls) on every
+    chunk, more than the read itself on this project's VMs."""
 
     def __init__(self, ds: h5py.Dataset):
         self.ds = ds
-        self.buf = np.empty(0, dtype=ds.dtype)
+        self.bufs = [np.empty(0, dtype=ds.dtype), np.empty(0, dtype=ds.dtype)]
+        self.turn = 0
 
     def __call__(self, lo: int, hi: int) -> np.ndarray:
-        if hi - lo > self.buf.size:
-            self.buf = np.empty(hi - lo, dtype=self.ds.dtype)
+        self.turn ^= 1
+        if hi - lo > self.bufs[self.turn].size:
+            self.bufs[self.turn] = np.empty(hi - lo, dtype=self.ds.dtype)
+        buf = self.bufs[self.turn]
         if hi > lo:
-            self.ds.read_direct(self.buf, np.s_[lo:hi], np.s_[0:hi - lo])
-        return self.buf[:hi - lo]
+            self.ds.read_direct(buf, np.s_[lo:hi], np.s_[0:hi - lo])
+        return buf[:hi - lo]
+
+
+def read_ahead(pieces):
+    """Yield the items of the iterator `pieces` while a thread reads the next one (h5py
+    lets go of the GIL while it reads, and the compiled kernels that consume a chunk do
+    too), so that reading overlaps the work on the previous chunk. The readers below keep a
+    chunk's arrays until the one after next."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        ahead = pool.submit(next, pieces, None)
+        while (item := ahead.result()) is not None:
+            ahead = pool.submit(next, pieces, None)
+            yield item
 
 
 def iter_cell_chunks(f: h5py.File, src: CountSource, chunk_cells: int, first: int = 0):
     """Yield (start, `Compressed` chunk of counts, as stored) over consecutive cell ranges
-    from `first` (CSR or dense storage). A chunk's arrays are reused by the next one."""
+    from `first` (CSR or dense storage). A chunk's arrays are reused by the one after next."""
     node = f[src.key]
     if src.layout == "csr":
         indptr = node["indptr"][:].astype(np.int64)
@@ -252,7 +269,7 @@ def iter_cell_chunks(f: h5py.File, src: CountSource, chunk_cells: int, first: in
 def iter_gene_slices(f: h5py.File, src: CountSource, chunk_nnz: int, first: int = 0):
     """CSC storage: yield (g0, `Compressed` slice of genes g0.. as stored) over
     consecutive gene ranges from `first` holding about chunk_nnz non-zeros each: sequential
-    reads, never the whole matrix. A slice's arrays are reused by the next one."""
+    reads, never the whole matrix. A slice's arrays are reused by the one after next."""
     node = f[src.key]
     indptr = node["indptr"][:].astype(np.int64)
     data, indices = _Slicer(node["data"]), _Slicer(node["indices"])

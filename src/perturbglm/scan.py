@@ -1,8 +1,9 @@
 """The passes over the file.
 
 Pass 1 (always): reads the matrix once, sequentially, in cell chunks (CSR, dense) or gene
-slices (CSC); validates the values; sums each cell's counts (library size factors) and, for
-poscounts, each gene's log counts; files the non-zeros of analysed cells into the `Store`.
+slices (CSC), each read while the one before is processed; validates the values; sums each
+cell's counts (library size factors) and, for poscounts, each gene's log counts; files the
+non-zeros of analysed cells into the `Store`.
 When the store spills to disk, the pass checkpoints every CHECKPOINT_SECONDS, so --resume
 continues from the last checkpoint rather than from the first cell.
 
@@ -18,7 +19,7 @@ import numpy as np
 
 from . import size_factors as sf_mod
 from .errors import InputError
-from .reader import check_counts, iter_cell_chunks, iter_gene_slices
+from .reader import check_counts, iter_cell_chunks, iter_gene_slices, read_ahead
 
 CHECKPOINT_SECONDS = 20.0
 
@@ -52,7 +53,7 @@ def first_pass(f, src, cell_group, store, chunk_nnz, chunk_cells, ws=None,
         progress("reading", position, total, unit)
     pieces = (iter_gene_slices(f, src, chunk_nnz, position) if csc
               else iter_cell_chunks(f, src, chunk_cells, position))
-    for first, part in pieces:
+    for first, part in read_ahead(pieces):
         if not store.add(part.indptr, part.indices, part.data, first, not csc, keep, totals,
                          logsum if want_logsum else None):
             check_counts(part.data, f"{unit} from {first}", src.key)

@@ -148,7 +148,7 @@ class Store:
         return out
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def _split(ptr, minor, data, first, by_cell, keep, n_genes, totals, logsum, want_logsum,
            bands):
     """Order the non-zeros of kept cells in a compressed slice by gene (slice order within a

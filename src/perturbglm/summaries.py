@@ -272,7 +272,8 @@ def atoms(cell_group: np.ndarray, size_factors: np.ndarray, covariates: np.ndarr
     """The groups' size-factor atoms (one stratum per covariate row) and the per-cell arrays.
     Analysed cells are numbered in group order (file order within a group): gene blocks
     refer to cells by that number, so that the cells of one (gene, group) lie close together
-    in the per-cell arrays (on M this halved the time spent gathering them)."""
+    in the per-cell arrays (on M: gene-wise searches 0.40 -> 0.36 s, stage B 0.58 ->
+    0.55 s)."""
     cells = np.flatnonzero(cell_group >= 0)
     cell_logs = np.zeros(cell_group.shape[0])
     cell_logs[cells] = np.log(size_factors[cells])

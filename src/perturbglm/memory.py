@@ -19,7 +19,8 @@ DEFAULT = "4G"
 RECORD_BYTES = 8        # a stored non-zero (summaries.RECORD)
 BLOCK_BYTES = 12        # a non-zero of a gene block being fitted: its ordered copy, slack
 MAX_BLOCK_NNZ = 8_000_000   # larger gene blocks fit no faster (BENCHMARKS.md)
-CHUNK_BYTES = 64        # a non-zero of a read chunk: value and index as read, its record, slack
+CHUNK_BYTES = 64        # a non-zero of a read chunk: value and index as read (twice: the next
+                        # chunk is read ahead, reader.read_ahead), its record, slack
 CELL_BYTES = 96         # per-cell arrays: totals, group, size factor, offsets, obs codes
 PAIR_BYTES = 160        # per (gene, comparison) of a block: ~20 float64 statistics
 ROW_BYTES = 400         # per output row while a comparison chunk is assembled and written

@@ -8,14 +8,17 @@ For every screen, each job in its own process (wall time including start-up, pea
   30% from minute to minute) and the table gives their medians, the ratio of the medians
   and the range of the per-pair ratios;
 - crispyx 0.2.2 nb_glm_test(n_jobs=all cores) on S and M, run by --peer-python (an
-  environment with crispyx installed; it is never a dependency of perturbglm).
+  environment with crispyx installed; it is never a dependency of perturbglm);
+- with --baseline SRC, perturbglm from another source tree (e.g. a `git worktree` of the
+  last release's commit, its src/ folder) in the same alternation, for before/after
+  ratios measured side by side.
 
 Screens are generated once into --data (the generation time is printed): shuffled cell
 order, as most real files are; `--grouped` adds a copy of M sorted by perturbation.
 
 usage: python benchmarks/bench_scale.py [--sizes S,M,L] [--data /tmp/perturbglm-bench]
            [--max-memory 2G] [--grouped] [--peer-python /opt/peers/bin/python]
-           [--peer-sizes S,M] [--repeat 3]
+           [--peer-sizes S,M] [--repeat 3] [--baseline OLD_CHECKOUT/src]
 """
 
 import argparse
@@ -86,6 +89,8 @@ def main():
     ap.add_argument("--peer-sizes", default="S,M", help="screens crispyx also runs on")
     ap.add_argument("--grouped", action="store_true", help="also run M with sorted cells")
     ap.add_argument("--repeat", type=int, default=3, help="alternating floor/ours runs")
+    ap.add_argument("--baseline", default=None,
+                    help="src/ folder of another perturbglm version to run alternately")
     args = ap.parse_args()
     os.makedirs(args.data, exist_ok=True)
     cores = os.cpu_count()
@@ -101,15 +106,18 @@ def main():
             print(f"generated {name} ({os.path.getsize(path) / 2**30:.2f} GiB) in {gen:.0f} s",
                   flush=True)
         run([sys.executable, "-c", FLOOR, path])     # warm the page cache alike for all
-        floors, walls, rss, timings = [], [], 0.0, []
+        floors, walls, rss, timings, base_walls = [], [], 0.0, [], []
         with tempfile.TemporaryDirectory(dir=args.data) as tmp:
             out = os.path.join(tmp, "out")
+            de = [sys.executable, "-m", "perturbglm", "de", path, "--groupby", "perturbation",
+                  "--control", "non-targeting", "--out", out, "--max-memory",
+                  args.max_memory, "--quiet", "--overwrite"]
             for _ in range(args.repeat):
                 floors.append(run([sys.executable, "-c", FLOOR, path])[0])
-                wall, peak, _ = run([sys.executable, "-m", "perturbglm", "de", path,
-                                     "--groupby", "perturbation", "--control",
-                                     "non-targeting", "--out", out, "--max-memory",
-                                     args.max_memory, "--quiet", "--overwrite"])
+                if args.baseline:
+                    env = dict(os.environ, PYTHONPATH=os.path.abspath(args.baseline))
+                    base_walls.append(run(de, env)[0])
+                wall, peak, _ = run(de)
                 walls.append(wall)
                 rss = max(rss, peak)
                 with open(os.path.join(out, "run.json")) as fh:
@@ -128,6 +136,12 @@ def main():
         print(f"{name}: floor {floor:.2f} s, perturbglm {wall:.2f} s ({rss:.0f} MiB), "
               f"ratios {', '.join(f'{r:.2f}' for r in ratios)}"
               + (f", crispyx {cx:.1f} s" if cx else ""), flush=True)
+        if base_walls:
+            base = statistics.median(base_walls)
+            print(f"{name}: baseline {base:.2f} s, this version / baseline "
+                  f"{wall / base:.3f} (pairs: "
+                  + ", ".join(f"{w / b:.3f}" for w, b in zip(walls, base_walls, strict=True))
+                  + ")", flush=True)
     print()
     print(f"max-memory {args.max_memory}, {cores} cores, medians of {args.repeat} alternating "
           "runs; wall seconds incl. start-up; RSS in MiB (largest)")

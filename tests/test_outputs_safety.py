@@ -125,6 +125,16 @@ def test_results_folder_of_an_earlier_version_replaced(tmp_path, capsys, screen)
     refused(capsys, tmp_path, de(screen, out, "--overwrite"), "not a perturbglm results")
 
 
+def test_file_or_link_at_out_refused(tmp_path, capsys, screen):
+    """A file, or a link to a results folder (replacing it would swap the link, not the
+    folder), is not replaced."""
+    (tmp_path / "notes.txt").write_text("keep me\n")
+    refused(capsys, tmp_path, de(screen, tmp_path / "notes.txt", "--overwrite"),
+            "not a folder")
+    os.symlink(results(tmp_path, screen), tmp_path / "link")
+    refused(capsys, tmp_path, de(screen, tmp_path / "link", "--overwrite"), "not a folder")
+
+
 def test_partial_that_is_not_a_workspace_refused(tmp_path, capsys, screen):
     partial = tmp_path / "out.partial"
     partial.mkdir()

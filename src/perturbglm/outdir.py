@@ -108,8 +108,8 @@ def check_destination(out_dir: str, overwrite: bool) -> None:
                          "or choose another --out")
     foreign = _foreign_entries(out_dir)
     if foreign is None:
-        raise InputError(f"--out '{out_dir}' is not a folder; --overwrite replaces only a "
-                         "perturbglm results folder: choose another --out")
+        raise InputError(f"--out '{out_dir}' is a file or a link, not a folder; --overwrite "
+                         "replaces only a perturbglm results folder: choose another --out")
     if foreign:
         raise InputError(
             f"--out '{out_dir}' is not a perturbglm results folder (it holds "

@@ -118,4 +118,4 @@ class Workspace:
         return out
 
     def discard(self) -> None:
-        shutil.rmtree(self.path, ignore_errors=True)
+        outdir.empty_workspace(self.path)      # the run's lock removes the folder

@@ -108,7 +108,7 @@ def succeed(tmp_path, capsys, screen_path, args, out_name: str = "out"):
     assert rc == 0, cap.err
     for name in ("results.parquet", "summary.csv", "run.json"):
         assert (out / name).is_file()
-    stray = [p for p in os.listdir(tmp_path) if p.startswith(".perturbglm-")]
+    stray = [p for p in os.listdir(tmp_path) if "perturbglm" in p or p.endswith(".partial")]
     assert stray == []
     return cap, out
 
@@ -189,9 +189,12 @@ def test_existing_out_needs_overwrite(tmp_path, capsys, screen):
     out.mkdir()
     (out / "keep.txt").write_text("earlier results\n")
     refuse(tmp_path, capsys, screen, BASE, "'" + str(out) + "'", "exists", "--overwrite")
+    # --overwrite replaces only a results folder (tests/test_outputs_safety.py), or an empty one
+    refuse(tmp_path, capsys, screen, [*BASE, "--overwrite"], "keep.txt", "not a perturbglm")
     assert (out / "keep.txt").read_text() == "earlier results\n"
     assert os.listdir(out) == ["keep.txt"]
 
+    os.unlink(out / "keep.txt")
     succeed(tmp_path, capsys, screen, [*BASE, "--overwrite"])
     assert sorted(os.listdir(tmp_path)) == ["out", "screen.h5ad"]
 

@@ -9,7 +9,7 @@ import tempfile
 import time
 import warnings
 
-from . import memory
+from . import memory, outdir
 from .errors import InputError
 
 
@@ -64,10 +64,10 @@ def _cmd_de(args) -> int:
     except KeyboardInterrupt:
         if bar:
             bar.close()
-        partial = args.out.rstrip("/") + ".partial"
-        if os.path.exists(partial):
-            print(f"perturbglm: interrupted; finished steps are kept in {partial}: rerun with "
-                  "--resume to continue", file=sys.stderr)
+        if outdir.has_workspace(args.out):
+            print(f"perturbglm: interrupted; finished steps are kept in "
+                  f"{outdir.partial_path(args.out)}: {_rerun(args)} to continue",
+                  file=sys.stderr)
         else:
             print("perturbglm: interrupted; nothing was written", file=sys.stderr)
         return 130
@@ -75,6 +75,11 @@ def _cmd_de(args) -> int:
         bar.close()
     _report(written.summary, written.run_info, args.out)
     return 0
+
+
+def _rerun(args) -> str:
+    """How to continue `perturbglm de ARGS` from its workspace: --resume unless given."""
+    return "rerun the same command" if args.resume else "rerun with --resume"
 
 
 def _report(rows: list[dict], info: dict, out: str) -> None:
@@ -188,8 +193,10 @@ def main(argv=None) -> int:
         print("perturbglm: interrupted; nothing was written", file=sys.stderr)
         return 130
     except OSError as exc:      # disk full, permissions, a file vanishing mid-run
-        print(f"perturbglm: error: {exc}; fix the cause and rerun (with --resume if "
-              "OUT.partial exists)", file=sys.stderr)
+        then = "and rerun"
+        if args.command == "de" and outdir.has_workspace(args.out):
+            then = f"then {_rerun(args)} to continue from {outdir.partial_path(args.out)}"
+        print(f"perturbglm: error: {exc}; fix the cause {then}", file=sys.stderr)
         return 1
 
 

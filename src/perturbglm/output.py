@@ -1,27 +1,25 @@
 """The result folder: results.parquet, summary.csv, run.json.
 
 The table is streamed to parquet a chunk of perturbations at a time (one row group each,
-zstd, key columns as plain strings, rows sorted by perturbation), into a temporary folder
-beside the destination that is renamed into place once complete: an interrupted run never
-leaves a half-written result, and an existing folder is replaced only with overwrite=True.
+zstd, key columns as plain strings, rows sorted by perturbation), into a folder beside the
+destination that is swapped into place once complete (outdir.staged): an interrupted run
+never leaves a half-written result, and an existing results folder is replaced only with
+overwrite=True.
 """
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import os
 import platform
-import shutil
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .errors import InputError
+from . import outdir
 
 COLUMNS = [  # output column <- array name in the chunks
     ("base_mean", "base_mean"), ("log2fc", "lfc"), ("lfc_se", "se"), ("stat", "stat"),
@@ -80,34 +78,6 @@ def write_summary(path: str, rows: list[dict]) -> None:
                           for v in (row[c] for c in SUMMARY_COLUMNS)])
 
 
-def check_destination(out_dir: str, overwrite: bool) -> None:
-    if os.path.exists(out_dir) and not overwrite:
-        raise InputError(f"output folder '{out_dir}' exists; pass --overwrite to replace it "
-                         "or choose another --out")
-
-
-@contextlib.contextmanager
-def staged(out_dir: str, overwrite: bool):
-    """A temporary folder beside OUT_DIR, renamed into place if the block completes and
-    removed if it fails."""
-    check_destination(out_dir, overwrite)
-    parent = os.path.dirname(os.path.abspath(out_dir))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".perturbglm-", dir=parent)
-    try:
-        yield tmp
-        if os.path.exists(out_dir):
-            old = tempfile.mkdtemp(prefix=".perturbglm-old-", dir=parent)
-            os.rename(out_dir, os.path.join(old, "x"))
-            os.rename(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 def _version(name: str) -> str:
     """A loaded library's version: its module's own __version__ where it sets one (looking
     up installed metadata scans sys.path, ~0.01 s a library), else the metadata."""
@@ -153,7 +123,7 @@ def write_record(folder: str, record: dict) -> None:
 def write(out_dir: str, overwrite: bool, chunks, design, genes, info, opts, path,
           t0: float) -> Written:
     """Stream (labels, arrays) chunks into OUT_DIR/results.parquet, then the summary and the
-    run record; rename the folder into place."""
+    run record; swap the folder into place. Call under outdir.lock(out_dir)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -167,7 +137,7 @@ def write(out_dir: str, overwrite: bool, chunks, design, genes, info, opts, path
                           minlength=design.n_groups)
     control_cells = int(n_cells[design.control])
     rows = []
-    with staged(out_dir, overwrite) as tmp:
+    with outdir.staged(out_dir, overwrite) as tmp:
         t1 = time.perf_counter()
         with pq.ParquetWriter(os.path.join(tmp, "results.parquet"), schema,
                               compression="zstd", use_dictionary=False) as writer:

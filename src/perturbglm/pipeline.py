@@ -25,7 +25,7 @@ import numba
 import numpy as np
 
 from . import design as design_mod
-from . import memory, output, scan, special, stages, summaries, trend
+from . import memory, outdir, output, scan, special, stages, summaries, trend
 from . import size_factors as sf_mod
 from .errors import InputError
 from .reader import (
@@ -253,7 +253,15 @@ def run(path: str, opts: Options, out_dir: str, overwrite: bool = False,
     """Analyse the .h5ad at `path` and write OUT_DIR/results.parquet, summary.csv, run.json."""
     opts.check()
     budget = memory.parse(opts.max_memory)
-    output.check_destination(out_dir, overwrite)
+    outdir.check_paths(out_dir, path)
+    with outdir.lock(out_dir):           # one run at a time on OUT_DIR
+        outdir.check_destination(out_dir, overwrite)
+        return _run(path, opts, budget, out_dir, overwrite, resume, progress)
+
+
+def _run(path: str, opts: Options, budget: int, out_dir: str, overwrite: bool, resume: bool,
+         progress) -> output.Written:
+    """The analysis of `run`, under the lock on OUT_DIR."""
     timings = {}
     t0 = time.perf_counter()
     numba.set_num_threads(min(opts.threads or numba.config.NUMBA_NUM_THREADS,
@@ -275,7 +283,7 @@ def run(path: str, opts: Options, out_dir: str, overwrite: bool = False,
         del obs
         n_comps = len(des.perturbations)
         nnz = stored_nnz(f, src)
-        ws = Workspace(out_dir.rstrip("/") + ".partial",
+        ws = Workspace(outdir.partial_path(out_dir),
                        fingerprint(path, opts.fingerprint()), resume, overwrite)
         try:
             if ws.has("plan.json"):

@@ -6,7 +6,7 @@ import json
 import os
 import shutil
 
-from . import output
+from . import outdir, output
 
 
 class Result:
@@ -66,7 +66,8 @@ class Result:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        with output.staged(out_dir, overwrite) as tmp:
+        outdir.check_paths(out_dir)
+        with outdir.lock(out_dir), outdir.staged(out_dir, overwrite) as tmp:
             if self._table is None:
                 shutil.copy2(os.path.join(self.folder, "results.parquet"), tmp)
             else:

@@ -14,6 +14,7 @@ import shutil
 
 import numpy as np
 
+from . import outdir
 from .errors import InputError
 
 
@@ -38,10 +39,12 @@ def fingerprint(path: str, options: dict) -> dict:
 
 class Workspace:
     def __init__(self, path: str, print_: dict, resume: bool, overwrite: bool):
+        """Continue (resume=True) or start the workspace at PATH, which the run's lock
+        (outdir.lock) has created: a fingerprint in it means an interrupted run."""
         self.path = path
         mark = os.path.join(path, "fingerprint.json")
-        if os.path.exists(path):
-            if resume and os.path.exists(mark):
+        if os.path.exists(mark):
+            if resume:
                 with open(mark) as fh:
                     old = json.load(fh)
                 if old.get("workspace format") != FORMAT:
@@ -62,9 +65,8 @@ class Workspace:
                 raise InputError(
                     f"'{path}' holds an interrupted run; pass --resume to continue it or "
                     "--overwrite to start again")
-            shutil.rmtree(path)
+            outdir.empty_workspace(path)
         self.resumed = False
-        os.makedirs(path)
         self.save_json("fingerprint", print_)
 
     def file(self, name: str) -> str:
@@ -116,4 +118,4 @@ class Workspace:
         return out
 
     def discard(self) -> None:
-        shutil.rmtree(self.path, ignore_errors=True)
+        outdir.empty_workspace(self.path)      # the run's lock removes the folder

@@ -10,7 +10,7 @@ import time
 import warnings
 
 from . import memory
-from .errors import InputError
+from .errors import DiskFull, InputError
 
 
 def _add_de(sub):
@@ -184,6 +184,9 @@ def main(argv=None) -> int:
     except InputError as exc:
         print(f"perturbglm: error: {exc}", file=sys.stderr)
         return 2
+    except DiskFull as exc:
+        print(f"perturbglm: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("perturbglm: interrupted; nothing was written", file=sys.stderr)
         return 130

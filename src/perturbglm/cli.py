@@ -10,7 +10,7 @@ import time
 import warnings
 
 from . import memory, outdir
-from .errors import InputError
+from .errors import DiskFull, InputError
 
 
 def _add_de(sub):
@@ -189,10 +189,13 @@ def main(argv=None) -> int:
     except InputError as exc:
         print(f"perturbglm: error: {exc}", file=sys.stderr)
         return 2
+    except DiskFull as exc:
+        print(f"perturbglm: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("perturbglm: interrupted; nothing was written", file=sys.stderr)
         return 130
-    except OSError as exc:      # disk full, permissions, a file vanishing mid-run
+    except OSError as exc:      # permissions, a file vanishing mid-run
         then = "and rerun"
         if args.command == "de" and outdir.has_workspace(args.out):
             then = f"then {_rerun(args)} to continue from {outdir.partial_path(args.out)}"

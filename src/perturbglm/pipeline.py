@@ -16,6 +16,7 @@ so --resume continues an interrupted run.
 
 from __future__ import annotations
 
+import errno
 import math
 import time
 import warnings
@@ -27,7 +28,7 @@ import numpy as np
 from . import design as design_mod
 from . import memory, outdir, output, scan, special, stages, summaries, trend
 from . import size_factors as sf_mod
-from .errors import InputError
+from .errors import DiskFull, InputError
 from .reader import (
     length,
     locate_counts,
@@ -250,18 +251,45 @@ class Blocks:
 
 def run(path: str, opts: Options, out_dir: str, overwrite: bool = False,
         resume: bool = False, progress=None) -> output.Written:
-    """Analyse the .h5ad at `path` and write OUT_DIR/results.parquet, summary.csv, run.json."""
+    """Analyse the .h5ad at `path` and write OUT_DIR/results.parquet, summary.csv, run.json,
+    holding the lock on OUT_DIR (one run at a time). A full disk (ENOSPC, EDQUOT) raises
+    DiskFull, OUT_DIR.partial kept for --resume."""
     opts.check()
     budget = memory.parse(opts.max_memory)
     outdir.check_paths(out_dir, path)
-    with outdir.lock(out_dir):           # one run at a time on OUT_DIR
+    disk = {"folder": outdir.partial_path(out_dir), "need": None}
+    with outdir.lock(out_dir):
         outdir.check_destination(out_dir, overwrite)
-        return _run(path, opts, budget, out_dir, overwrite, resume, progress)
+        try:
+            return _analyse(path, opts, budget, out_dir, overwrite, resume, progress, disk)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            need = ("" if disk["need"] is None else
+                    f"; this run needs about {_megabytes(disk['need'])} free there (8 bytes "
+                    "per non-zero count when the counts are spilled, plus ~64 bytes per "
+                    "perturbation x gene)")
+            raise DiskFull(f"the disk holding '{disk['folder']}' is full ({exc.strerror})"
+                           f"{need}; free space and "
+                           f"{'rerun the same command' if resume else 'rerun with --resume'} "
+                           "to continue from the steps already saved") from exc
 
 
-def _run(path: str, opts: Options, budget: int, out_dir: str, overwrite: bool, resume: bool,
-         progress) -> output.Written:
-    """The analysis of `run`, under the lock on OUT_DIR."""
+def _megabytes(n: int) -> str:
+    return f"{max(1, round(n / 1e6)):,} MB"
+
+
+def _disk_need(plan: memory.Plan, nnz: int, n_comps: int, n_genes: int) -> int:
+    """Bytes a run writes to its workspace and output, as the README states it: the spilled
+    counts (8 bytes per non-zero) and the per-block results (~64 bytes per pair)."""
+    return (0 if plan.in_memory else nnz * summaries.RECORD.itemsize) + 64 * n_comps * n_genes
+
+
+def _analyse(path: str, opts: Options, budget: int, out_dir: str, overwrite: bool,
+             resume: bool, progress, disk: dict) -> output.Written:
+    """The analysis run() describes, under its lock. Sets disk["need"] (bytes) once the
+    memory plan is known and disk["folder"] to the folder being written, for run()'s message
+    on a full disk."""
     timings = {}
     t0 = time.perf_counter()
     numba.set_num_threads(min(opts.threads or numba.config.NUMBA_NUM_THREADS,
@@ -280,17 +308,21 @@ def _run(path: str, opts: Options, budget: int, out_dir: str, overwrite: bool, r
         des = design_mod.build(obs, columns, opts.groupby, opts.control, opts.covariates,
                                opts.min_cells)
         obs_sf = sf_mod.from_obs(obs, columns, column) if kind == "obs" else None
+        obs_used = list(obs)
         del obs
         n_comps = len(des.perturbations)
         nnz = stored_nnz(f, src)
         ws = Workspace(outdir.partial_path(out_dir),
-                       fingerprint(path, opts.fingerprint()), resume, overwrite)
+                       fingerprint(f, src.key, obs_used, opts.fingerprint()), resume,
+                       overwrite)
         try:
             if ws.has("plan.json"):
                 plan = memory.Plan(**ws.load_json("plan"))
             else:
+                ws.clear()   # anything saved under a lost plan (e.g. trend chunks) is void
                 plan = memory.plan(budget, src.n_cells, src.n_genes, nnz, n_comps)
                 ws.save_json("plan", asdict(plan))
+            disk["need"] = _disk_need(plan, nnz, n_comps, src.n_genes)
             timings["read_metadata"] = time.perf_counter() - t0
             store = summaries.Store(src.n_genes, None if plan.in_memory else ws.file("store"))
             chunk_cells = opts.chunk_cells or plan.chunk_cells(src.n_cells, nnz)
@@ -331,11 +363,11 @@ def _run(path: str, opts: Options, budget: int, out_dir: str, overwrite: bool, r
             "control a few hundred atoms.", stacklevel=2)
     cx = _context(des, opts, at)
     if ws.has("blocks.json"):
-        ranges = [tuple(r) for r in ws.load_json("blocks")]
+        ranges = [tuple(r) for r in ws.load_json("blocks")["ranges"]]
     else:
         max_slabs = max(1, plan.block_genes(n_comps) // summaries.SLAB_GENES)
         ranges = store.blocks(plan.block_nnz, max_slabs)
-        ws.save_json("blocks", ranges)
+        ws.save_json("blocks", {"ranges": ranges})
     blocks = Blocks(store, ranges, des.cell_group, at)
 
     t1 = time.perf_counter()
@@ -388,6 +420,7 @@ def _run(path: str, opts: Options, budget: int, out_dir: str, overwrite: bool, r
     }
     step = max(1, min(plan.comps_chunk, output.ROWS_PER_GROUP // max(genes.size, 1)))
     chunks = _table_chunks(ws, cx, ranges, trend_names, step, progress)
+    disk["folder"] = out_dir
     written = output.write(out_dir, overwrite, chunks, des, genes, info, opts, path, t0)
     ws.discard()
     return written

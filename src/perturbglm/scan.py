@@ -14,6 +14,7 @@ gene geometric means, which needs the means of pass 1 first.
 from __future__ import annotations
 
 import time
+import warnings
 
 import numpy as np
 
@@ -31,6 +32,24 @@ def _checkpoint(ws, store, position, totals, logsum, done=False):
                    done=np.array([done]))
 
 
+def _restore(ws, store, totals, logsum):
+    """(position, totals, logsum, done) of the read pass at the workspace's last checkpoint,
+    with the spill files cut back to it (a kill or a full disk leaves records past it). With
+    no checkpoint, or spill files shorter than it says, the spill files are emptied and the
+    pass starts from the first cell with the given (zero) totals and logsum."""
+    if ws.has("scan"):
+        if store.truncate(ws.load("scan", "slab_nnz"), ws.load("scan", "slab_pieces")):
+            return (int(ws.load("scan", "position")[0]), ws.load("scan", "totals"),
+                    ws.load("scan", "logsum"), bool(ws.load("scan", "done")[0]))
+        warnings.warn(f"the spilled counts in '{ws.path}' are shorter than its read "
+                      "checkpoint says; reading the file again from the first cell",
+                      stacklevel=3)
+        ws.remove("scan")
+    empty = np.zeros(store.n_slabs, dtype=np.int64)
+    store.truncate(empty, empty)
+    return 0, totals, logsum, False
+
+
 def first_pass(f, src, cell_group, store, chunk_nnz, chunk_cells, ws=None,
                want_logsum=False, progress=None):
     """Returns (per-cell totals, per-gene sum of log counts over analysed cells or None).
@@ -39,12 +58,9 @@ def first_pass(f, src, cell_group, store, chunk_nnz, chunk_cells, ws=None,
     totals = np.zeros(src.n_cells)
     logsum = np.zeros(src.n_genes)
     position = 0
-    if ws is not None and ws.has("scan"):
-        position = int(ws.load("scan", "position")[0])
-        totals = ws.load("scan", "totals")
-        logsum = ws.load("scan", "logsum")
-        store.truncate(ws.load("scan", "slab_nnz"), ws.load("scan", "slab_pieces"))
-        if bool(ws.load("scan", "done")[0]):
+    if ws is not None:
+        position, totals, logsum, done = _restore(ws, store, totals, logsum)
+        if done:
             return totals, (logsum if want_logsum else None)
     last = time.perf_counter()
     csc = src.layout == "csc"

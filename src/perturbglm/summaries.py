@@ -74,10 +74,10 @@ class Store:
         if self._files is None:
             self._files = [tuple(open(p, "ab") for p in self._paths(i))
                            for i in range(self.n_slabs)]
-        for s in np.flatnonzero(per_slab):
+        for s in np.flatnonzero(per_slab):     # file writes: a full disk raises ENOSPC
             g0, g1 = self.bounds[s], self.bounds[s + 1]
-            rec[gene_ptr[g0]:gene_ptr[g1]].tofile(self._files[s][0])
-            np.diff(gene_ptr[g0:g1 + 1]).tofile(self._files[s][1])
+            self._files[s][0].write(rec[gene_ptr[g0]:gene_ptr[g1]])
+            self._files[s][1].write(np.diff(gene_ptr[g0:g1 + 1]))
         return True
 
     def sync(self) -> None:
@@ -95,17 +95,24 @@ class Store:
                     fh.close()
             self._files = None
 
-    def truncate(self, nnz: np.ndarray, pieces: np.ndarray) -> None:
-        """Cut spill files back to a checkpoint's record and piece counts."""
+    def truncate(self, nnz: np.ndarray, pieces: np.ndarray) -> bool:
+        """Cut the spill files back to a checkpoint's record and piece counts (zeros empty
+        them). Returns False, changing nothing, if a file is shorter than the checkpoint
+        says (it never reached the disk whole): the read pass must then start again."""
         self.close()
-        for s in range(self.n_slabs):
-            rec_path, idx_path = self._paths(s)
-            with open(rec_path, "ab") as fh:
-                fh.truncate(int(nnz[s]) * RECORD.itemsize)
-            with open(idx_path, "ab") as fh:
-                fh.truncate(int(pieces[s]) * self._width(s) * 8)
+        sizes = [(path, size) for s in range(self.n_slabs)
+                 for path, size in zip(self._paths(s),
+                                       (int(nnz[s]) * RECORD.itemsize,
+                                        int(pieces[s]) * self._width(s) * 8), strict=True)]
+        if any(size and not (os.path.exists(path) and os.path.getsize(path) >= size)
+               for path, size in sizes):
+            return False
+        for path, size in sizes:
+            if os.path.exists(path):
+                os.truncate(path, size)
         self.nnz = np.asarray(nnz, dtype=np.int64).copy()
         self.pieces = np.asarray(pieces, dtype=np.int64).copy()
+        return True
 
     def segments(self, s0: int, s1: int):
         """Every record of slabs s0..s1-1, in the order they were added within each gene, as

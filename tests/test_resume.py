@@ -96,6 +96,23 @@ def test_kill_while_a_checkpoint_replaces_the_last(screen, reference, tmp_path):
     assert_identical(out, reference)
 
 
+def test_kill_after_the_results_are_in_place(screen, reference, tmp_path):
+    """Killed after the results were swapped into OUT, before the workspace was removed:
+    --resume recognises OUT as that workspace's results (its marker names the workspace),
+    assembles the same table again and replaces them; without --resume OUT is not touched."""
+    out = tmp_path / "o"
+    proc = run_killed(argv(screen, out), "perturbglm.workspace:Workspace.discard", 1,
+                      "before", SPILL)
+    assert killed(proc), proc.stderr
+    assert os.path.isdir(str(out) + ".partial")
+    before = pd.read_parquet(out / "results.parquet")
+    pd.testing.assert_frame_equal(before, reference, check_exact=True)
+    again = run_killed(argv(screen, out), *NEVER, setup=SPILL)
+    assert again.returncode == 2 and "exists" in again.stderr
+    resume(screen, out)
+    assert_identical(out, reference)
+
+
 def test_spill_file_shorter_than_its_checkpoint(screen, reference, tmp_path):
     """A spill file that lost its tail (written but not on disk when the machine went down)
     cannot be continued from: the read pass starts again from the first cell."""

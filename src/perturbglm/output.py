@@ -123,7 +123,8 @@ def write_record(folder: str, record: dict) -> None:
 def write(out_dir: str, overwrite: bool, chunks, design, genes, info, opts, path,
           t0: float) -> Written:
     """Stream (labels, arrays) chunks into OUT_DIR/results.parquet, then the summary and the
-    run record; swap the folder into place. Call under outdir.lock(out_dir)."""
+    run record; swap the folder into place, marked as the results of the workspace
+    OUT_DIR.partial. Call under outdir.lock(out_dir)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -137,7 +138,7 @@ def write(out_dir: str, overwrite: bool, chunks, design, genes, info, opts, path
                           minlength=design.n_groups)
     control_cells = int(n_cells[design.control])
     rows = []
-    with outdir.staged(out_dir, overwrite) as tmp:
+    with outdir.staged(out_dir, overwrite, outdir.workspace_id(out_dir)) as tmp:
         t1 = time.perf_counter()
         with pq.ParquetWriter(os.path.join(tmp, "results.parquet"), schema,
                               compression="zstd", use_dictionary=False) as writer:

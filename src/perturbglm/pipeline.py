@@ -259,9 +259,13 @@ def run(path: str, opts: Options, out_dir: str, overwrite: bool = False,
     outdir.check_paths(out_dir, path)
     disk = {"folder": outdir.partial_path(out_dir), "need": None}
     with outdir.lock(out_dir):
-        outdir.check_destination(out_dir, overwrite)
+        # a run killed after its results were swapped into place, before its workspace was
+        # removed: --resume assembles the same table again and may replace them
+        replace = overwrite or (resume and outdir.written_by_workspace(out_dir))
+        outdir.check_destination(out_dir, replace)
         try:
-            return _analyse(path, opts, budget, out_dir, overwrite, resume, progress, disk)
+            return _analyse(path, opts, budget, out_dir, overwrite, replace, resume,
+                            progress, disk)
         except OSError as exc:
             if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise
@@ -286,10 +290,10 @@ def _disk_need(plan: memory.Plan, nnz: int, n_comps: int, n_genes: int) -> int:
 
 
 def _analyse(path: str, opts: Options, budget: int, out_dir: str, overwrite: bool,
-             resume: bool, progress, disk: dict) -> output.Written:
-    """The analysis run() describes, under its lock. Sets disk["need"] (bytes) once the
-    memory plan is known and disk["folder"] to the folder being written, for run()'s message
-    on a full disk."""
+             replace: bool, resume: bool, progress, disk: dict) -> output.Written:
+    """The analysis run() describes, under its lock; `replace`: whether the results may
+    replace an existing OUT_DIR. Sets disk["need"] (bytes) once the memory plan is known and
+    disk["folder"] to the folder being written, for run()'s message on a full disk."""
     timings = {}
     t0 = time.perf_counter()
     numba.set_num_threads(min(opts.threads or numba.config.NUMBA_NUM_THREADS,
@@ -421,7 +425,7 @@ def _analyse(path: str, opts: Options, budget: int, out_dir: str, overwrite: boo
     step = max(1, min(plan.comps_chunk, output.ROWS_PER_GROUP // max(genes.size, 1)))
     chunks = _table_chunks(ws, cx, ranges, trend_names, step, progress)
     disk["folder"] = out_dir
-    written = output.write(out_dir, overwrite, chunks, des, genes, info, opts, path, t0)
+    written = output.write(out_dir, replace, chunks, des, genes, info, opts, path, t0)
     ws.discard()
     return written
 

@@ -274,6 +274,16 @@ def test_second_run_refused_while_another_process_runs(tmp_path, screen):
     assert sorted(os.listdir(tmp_path)) == ["screen.h5ad"]     # the holder cleaned up
 
 
+def test_lock_held_through_the_whole_run(tmp_path, screen):
+    """The lock file survives every step of a run (a step that emptied the workspace once
+    removed it, letting a second run in): killed at stage B, OUT.partial still holds it."""
+    out = tmp_path / "out"
+    proc = run_killed(de(screen, out), "perturbglm.pipeline:stage_b", 1, "before")
+    assert killed(proc), proc.stderr
+    with open(os.path.join(outdir.partial_path(str(out)), outdir.LOCK)) as fh:
+        assert json.load(fh)["host"] == socket.gethostname()
+
+
 def test_stale_lock_taken_over(tmp_path, screen):
     partial = tmp_path / "out.partial"
     partial.mkdir()

@@ -253,10 +253,10 @@ class Workspace:
         self._checked.discard(name)
 
     def clear(self) -> None:
-        """Remove every saved step but the fingerprint, for a run that starts again in
-        place (its steps are tied to a plan that is lost)."""
+        """Remove every saved step but the fingerprint (and the run's lock), for a run that
+        starts again in place (its steps are tied to a plan that is lost)."""
         for name in os.listdir(self.path):
-            if name != "fingerprint.json":
+            if name not in ("fingerprint.json", outdir.LOCK):
                 self.remove(name)
 
     def save_json(self, name: str, obj: dict) -> None:

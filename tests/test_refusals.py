@@ -182,6 +182,24 @@ def test_covariate_level_without_control(tmp_path, capsys):
            "'site'", "'s2'", "no control cells")
 
 
+def test_covariate_level_whose_control_cells_have_no_counts(tmp_path, capsys):
+    """The checks run on the cells analysed: s2's control cells have no counts, so s2 has
+    no analysed control cells, as in the same data without those cells. (The refusal comes
+    after the read pass, so --quiet keeps its progress lines off stderr.)"""
+    site = np.array(["s1" if (lab == "NT" and i < 20) or (lab != "NT" and i % 2) else "s2"
+                     for i, lab in enumerate(LABELS)])
+    empty = (np.array(LABELS) == "NT") & (site == "s2")
+    x = counts()
+    x[empty] = 0
+    path = write_screen(tmp_path / "s.h5ad", x=x, site=pd.Categorical(site))
+    refuse(tmp_path, capsys, path, [*BASE, "--covariates", "site", "--quiet"],
+           "'site'", "'s2'", "no control cells")
+    without = tmp_path / "without.h5ad"
+    ad.read_h5ad(path)[~empty].copy().write_h5ad(without)
+    refuse(tmp_path, capsys, without, [*BASE, "--covariates", "site"],
+           "'site'", "'s2'", "no control cells")
+
+
 # ---------------------------------------------------------------- --out
 
 def test_existing_out_needs_overwrite(tmp_path, capsys, screen):

@@ -311,6 +311,11 @@ def run(path: str, opts: Options, out_dir: str, overwrite: bool = False,
     if des.n_groups == 1:
         ws.discard()
         raise InputError("no perturbation has a cell with counts; check the matrix (--layer)")
+    try:
+        des = des.on_analysed_cells()
+    except InputError:
+        ws.discard()
+        raise
     at = summaries.atoms(des.cell_group, sf, des.covariates, des.categorical_only,
                          des.n_groups)
     n_control_atoms = int(np.diff(at.atom_ptr)[des.control])

@@ -182,6 +182,23 @@ def test_covariate_level_without_control(tmp_path, capsys):
            "'site'", "'s2'", "no control cells")
 
 
+@pytest.mark.parametrize("value", [pd.Categorical(["b1"] * N_CELLS), np.full(N_CELLS, 1e8)],
+                         ids=["categorical", "numeric"])
+def test_covariate_with_one_value(tmp_path, capsys, value):
+    path = write_screen(tmp_path / "s.h5ad", plate=value)
+    refuse(tmp_path, capsys, path, [*BASE, "--covariates", "plate"],
+           "'plate'", "one value only")
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf], ids=["nan", "inf"])
+def test_numeric_covariate_not_finite(tmp_path, capsys, bad):
+    depth = base_obs()["depth"].to_numpy()
+    depth[4] = bad
+    path = write_screen(tmp_path / "s.h5ad", depth=depth)
+    refuse(tmp_path, capsys, path, [*BASE, "--covariates", "depth"],
+           "'depth'", "missing or infinite")
+
+
 def test_covariate_level_whose_control_cells_have_no_counts(tmp_path, capsys):
     """The checks run on the cells analysed: s2's control cells have no counts, so s2 has
     no analysed control cells, as in the same data without those cells. (The refusal comes

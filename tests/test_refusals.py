@@ -13,7 +13,9 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
+import perturbglm
 from perturbglm.cli import main
+from perturbglm.errors import InputError
 
 N_GENES = 8
 LABELS = ["NT"] * 30 + ["A"] * 20 + ["B"] * 10      # 60 cells; B is the smallest group
@@ -303,6 +305,38 @@ def test_min_cells_skips_one_perturbation(tmp_path, capsys, screen):
     assert "B (10 cells)" in cap.out
     table = pd.read_parquet(out / "results.parquet")
     assert set(table["perturbation"]) == {"A"}
+
+
+# ---------------------------------------------------------------- option values
+
+@pytest.mark.parametrize("value", ["inf", "nan", "0", "-1"])
+def test_min_mu_not_positive_finite(tmp_path, capsys, screen, value):
+    refuse(tmp_path, capsys, screen, [*BASE, "--min-mu", value], "--min-mu", "positive finite")
+
+
+@pytest.mark.parametrize("option", [
+    {"min_mu": np.inf}, {"min_mu": np.nan}, {"min_mu": "0.5"}, {"threads": 1.5},
+    {"threads": 0}, {"chunk_cells": 2.5}, {"min_cells": "3"}, {"min_cells": True},
+    {"fdr": "0.1"},
+], ids=repr)
+def test_option_values_from_python(tmp_path, screen, option):
+    """Option values the command line's types would stop are refused from Python too, in one
+    line naming the argument, before anything is read or written."""
+    before = snapshot(tmp_path)
+    with pytest.raises(InputError) as refused:
+        perturbglm.de(screen, groupby="perturbation", control="NT", out=str(tmp_path / "out"),
+                      **option)
+    message = str(refused.value)
+    assert "\n" not in message
+    (name, value), = option.items()
+    assert f"{name}={value!r}" in message
+    assert snapshot(tmp_path) == before
+
+
+def test_whole_option_values_given_as_floats_are_taken(screen):
+    res = perturbglm.de(screen, groupby="perturbation", control="NT", min_cells=15.0,
+                        threads=1.0, chunk_cells=np.int64(7))
+    assert set(res.table["perturbation"]) == {"A"}
 
 
 # ---------------------------------------------------------------- input untouched

@@ -25,7 +25,7 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-FORMAT = 4  # what the workspace holds; raised whenever a stage's saved arrays change
+FORMAT = 5  # what the workspace holds; raised whenever a stage's saved arrays change
 
 
 def fingerprint(path: str, options: dict) -> dict:

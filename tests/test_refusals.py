@@ -13,7 +13,9 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
+import perturbglm
 from perturbglm.cli import main
+from perturbglm.errors import InputError
 
 N_GENES = 8
 LABELS = ["NT"] * 30 + ["A"] * 20 + ["B"] * 10      # 60 cells; B is the smallest group
@@ -182,6 +184,41 @@ def test_covariate_level_without_control(tmp_path, capsys):
            "'site'", "'s2'", "no control cells")
 
 
+@pytest.mark.parametrize("value", [pd.Categorical(["b1"] * N_CELLS), np.full(N_CELLS, 1e8)],
+                         ids=["categorical", "numeric"])
+def test_covariate_with_one_value(tmp_path, capsys, value):
+    path = write_screen(tmp_path / "s.h5ad", plate=value)
+    refuse(tmp_path, capsys, path, [*BASE, "--covariates", "plate"],
+           "'plate'", "one value only")
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf], ids=["nan", "inf"])
+def test_numeric_covariate_not_finite(tmp_path, capsys, bad):
+    depth = base_obs()["depth"].to_numpy()
+    depth[4] = bad
+    path = write_screen(tmp_path / "s.h5ad", depth=depth)
+    refuse(tmp_path, capsys, path, [*BASE, "--covariates", "depth"],
+           "'depth'", "missing or infinite")
+
+
+def test_covariate_level_whose_control_cells_have_no_counts(tmp_path, capsys):
+    """The checks run on the cells analysed: s2's control cells have no counts, so s2 has
+    no analysed control cells, as in the same data without those cells. (The refusal comes
+    after the read pass, so --quiet keeps its progress lines off stderr.)"""
+    site = np.array(["s1" if (lab == "NT" and i < 20) or (lab != "NT" and i % 2) else "s2"
+                     for i, lab in enumerate(LABELS)])
+    empty = (np.array(LABELS) == "NT") & (site == "s2")
+    x = counts()
+    x[empty] = 0
+    path = write_screen(tmp_path / "s.h5ad", x=x, site=pd.Categorical(site))
+    refuse(tmp_path, capsys, path, [*BASE, "--covariates", "site", "--quiet"],
+           "'site'", "'s2'", "no control cells")
+    without = tmp_path / "without.h5ad"
+    ad.read_h5ad(path)[~empty].copy().write_h5ad(without)
+    refuse(tmp_path, capsys, without, [*BASE, "--covariates", "site"],
+           "'site'", "'s2'", "no control cells")
+
+
 # ---------------------------------------------------------------- --out
 
 def test_existing_out_needs_overwrite(tmp_path, capsys, screen):
@@ -271,6 +308,38 @@ def test_min_cells_skips_one_perturbation(tmp_path, capsys, screen):
     assert "B (10 cells)" in cap.out
     table = pd.read_parquet(out / "results.parquet")
     assert set(table["perturbation"]) == {"A"}
+
+
+# ---------------------------------------------------------------- option values
+
+@pytest.mark.parametrize("value", ["inf", "nan", "0", "-1"])
+def test_min_mu_not_positive_finite(tmp_path, capsys, screen, value):
+    refuse(tmp_path, capsys, screen, [*BASE, "--min-mu", value], "--min-mu", "positive finite")
+
+
+@pytest.mark.parametrize("option", [
+    {"min_mu": np.inf}, {"min_mu": np.nan}, {"min_mu": "0.5"}, {"threads": 1.5},
+    {"threads": 0}, {"chunk_cells": 2.5}, {"min_cells": "3"}, {"min_cells": True},
+    {"fdr": "0.1"},
+], ids=repr)
+def test_option_values_from_python(tmp_path, screen, option):
+    """Option values the command line's types would stop are refused from Python too, in one
+    line naming the argument, before anything is read or written."""
+    before = snapshot(tmp_path)
+    with pytest.raises(InputError) as refused:
+        perturbglm.de(screen, groupby="perturbation", control="NT", out=str(tmp_path / "out"),
+                      **option)
+    message = str(refused.value)
+    assert "\n" not in message
+    (name, value), = option.items()
+    assert f"{name}={value!r}" in message
+    assert snapshot(tmp_path) == before
+
+
+def test_whole_option_values_given_as_floats_are_taken(screen):
+    res = perturbglm.de(screen, groupby="perturbation", control="NT", min_cells=15.0,
+                        threads=1.0, chunk_cells=np.int64(7))
+    assert set(res.table["perturbation"]) == {"A"}
 
 
 # ---------------------------------------------------------------- input untouched

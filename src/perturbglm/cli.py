@@ -20,7 +20,7 @@ def _add_de(sub):
     p.add_argument("--control", required=True, help="label of the control cells in --groupby")
     p.add_argument("--covariates", default="",
                    help="comma-separated obs columns (categorical: one-hot, first level "
-                        "dropped; numeric: as given)")
+                        "dropped; numeric: centred and scaled)")
     p.add_argument("--layer", default=None,
                    help="counts in layers/NAME, or 'raw' for raw.X (default: X)")
     p.add_argument("--size-factors", default="library",

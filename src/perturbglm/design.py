@@ -21,6 +21,7 @@ class Design:
     categorical_only: bool         # strata are finite when every covariate is categorical
     skipped: dict[str, int] = field(default_factory=dict)   # groups below --min-cells
     dropped_cells: int = 0         # cells with no group label
+    sources: dict = field(default_factory=dict)   # covariate name -> its obs column
 
     @property
     def n_groups(self) -> int:
@@ -37,6 +38,19 @@ class Design:
         remap[keep] = np.arange(len(keep))
         return replace(self, labels=[self.labels[k] for k in keep],
                        control=int(remap[self.control]), cell_group=remap[self.cell_group])
+
+    def on_analysed_cells(self) -> Design:
+        """The design with its covariates checked and built on the cells `cell_group`
+        analyses now. `build` calls it on the labelled cells, to refuse a bad covariate
+        before the read pass; the pipeline again once the cells without counts are dropped,
+        so that the data are accepted or refused, and fitted, as the same data without
+        those cells: a level whose only control cells have no counts is refused, a level
+        with no analysed cells gets no column, and numeric covariates are standardised over
+        the analysed cells. (The early call also refuses a missing value, or a level without
+        control cells, in cells that turn out to have no counts.)"""
+        z, names, categorical_only = _covariates(self.sources, self.cell_group, self.control)
+        return replace(self, covariates=z, covariate_names=names,
+                       categorical_only=categorical_only)
 
 
 def build(obs: dict, columns: list[str], groupby: str, control: str,
@@ -81,16 +95,6 @@ def build(obs: dict, columns: list[str], groupby: str, control: str,
     to_kept = np.array([position.get(str(t), -1) for t in text] or [-1], dtype=np.int64)
     code = np.full(codes.shape[0], -1, dtype=np.int64)
     code[present] = to_kept[codes[present]]
-    cell_group = code
-    z, names, categorical_only = _covariates(obs, listing, covariates, cell_group, groupby)
-    return Design(kept, 0, cell_group, z, names, categorical_only, skipped,
-                  int((~present).sum()))
-
-
-def _covariates(obs, listing, covariates, cell_group, groupby):
-    blocks, names = [], []
-    categorical_only = True
-    control_cells = cell_group == 0
     for cov in covariates:
         if cov not in obs:
             raise InputError(f"--covariates '{cov}' is not an obs column; obs columns are: "
@@ -98,20 +102,44 @@ def _covariates(obs, listing, covariates, cell_group, groupby):
         if cov == groupby:
             raise InputError(f"--covariates '{cov}' is the --groupby column itself; a "
                              "covariate confounded with the perturbation cannot be adjusted for")
-        col = obs[cov]
+    return Design(kept, 0, code, np.zeros((code.size, 0)), [], True, skipped,
+                  int((~present).sum()), {cov: obs[cov] for cov in covariates}
+                  ).on_analysed_cells()
+
+
+def _covariates(sources: dict, cell_group: np.ndarray, control: int):
+    """The covariate matrix of `Design.on_analysed_cells` (cells x columns; only the
+    analysed cells' rows are used), its column names and whether every covariate is
+    categorical; refuses covariates the analysed cells cannot estimate. A numeric covariate
+    enters as (x - mean) / sd over the analysed cells: the model is the same for any affine
+    change of x, and standardised so is its fit, whose start (coefficients 0), step cap,
+    coefficient bounds, ridge, convergence tolerance and collinearity check are on the
+    coefficients' scale (in x's own units, x / 100 changed 1,118 log2fc by more than 0.1
+    on the real screen and x + 1e8 was refused as collinear)."""
+    blocks, names = [], []
+    categorical_only = True
+    analysed = cell_group >= 0
+    control_cells = cell_group == control
+    for cov, col in sources.items():
         if is_numeric(col):
-            vals = col.astype(np.float64)
-            if not np.all(np.isfinite(vals[cell_group >= 0])):
+            vals = col.astype(np.float64)[analysed]
+            if not np.all(np.isfinite(vals)):
                 raise InputError(f"--covariates '{cov}' has missing or infinite values")
-            blocks.append(vals[:, None])
+            mean = vals.mean()
+            sd = np.sqrt(np.mean((vals - mean) ** 2))
+            if not sd > 0:
+                raise _one_value(cov)
+            z = np.zeros(cell_group.size)
+            z[analysed] = (vals - mean) / sd
+            blocks.append(z[:, None])
             names.append(cov)
             categorical_only = False
             continue
         codes, categories = levels(col)
-        if (codes[cell_group >= 0] < 0).any():
+        if (codes[analysed] < 0).any():
             raise InputError(f"--covariates '{cov}' has missing values")
         levels_all = list(categories)
-        used = np.unique(codes[cell_group >= 0])
+        used = np.unique(codes[analysed])
         levels_used = [levels_all[i] for i in used]
         in_control = set(np.unique(codes[control_cells]))
         missing = [levels_all[i] for i in used if i not in in_control]
@@ -123,13 +151,17 @@ def _covariates(obs, listing, covariates, cell_group, groupby):
             blocks.append((codes == lev_i).astype(np.float64)[:, None])
             names.append(f"{cov}[{levels_all[lev_i]}]")
         if len(levels_used) < 2:
-            raise InputError(f"--covariates '{cov}' takes one value only in the analysed cells; "
-                             "it cannot be estimated, drop it")
+            raise _one_value(cov)
     if not blocks:
         return np.zeros((len(cell_group), 0)), names, True
     z = np.hstack(blocks)
     zc = np.hstack([np.ones((control_cells.sum(), 1)), z[control_cells]])
     if np.linalg.matrix_rank(zc) < zc.shape[1]:
-        raise InputError(f"--covariates {', '.join(covariates)} are confounded with each other "
+        raise InputError(f"--covariates {', '.join(sources)} are confounded with each other "
                          "in the control cells (collinear); drop one")
     return z, names, categorical_only
+
+
+def _one_value(cov: str) -> InputError:
+    return InputError(f"--covariates '{cov}' takes one value only in the analysed cells; it "
+                      "cannot be estimated, drop it")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import errno
 import math
+import numbers
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -62,19 +63,21 @@ class Options:
     fdr: float = 0.1
 
     def check(self):
+        """Refuse option values the analysis cannot use, naming the option as both the
+        command line (--min-cells) and Python (min_cells=) spell it; whole numbers given as
+        floats (3.0) become ints."""
         if self.dispersion not in ("per-comparison", "global"):
             raise InputError(f"--dispersion '{self.dispersion}': use per-comparison or global")
-        if not self.min_mu > 0:
-            raise InputError("--min-mu must be positive (1e-6 by default, 0.5 for classic "
-                             "DESeq2)")
-        if self.min_cells < 1:
-            raise InputError("--min-cells must be at least 1")
-        if self.chunk_cells is not None and self.chunk_cells < 1:
-            raise InputError("--chunk-cells must be at least 1")
-        if self.threads is not None and self.threads < 1:
-            raise InputError("--threads must be at least 1")
-        if not 0 < self.fdr < 1:
-            raise InputError("--fdr must lie between 0 and 1")
+        if not (_is_real(self.min_mu) and math.isfinite(self.min_mu) and self.min_mu > 0):
+            raise InputError(f"--min-mu / min_mu={self.min_mu!r}: give a positive finite "
+                             "number (1e-6 by default, 0.5 for classic DESeq2)")
+        self.min_cells = _whole("min_cells", self.min_cells)
+        if self.chunk_cells is not None:
+            self.chunk_cells = _whole("chunk_cells", self.chunk_cells)
+        if self.threads is not None:
+            self.threads = _whole("threads", self.threads)
+        if not (_is_real(self.fdr) and 0 < self.fdr < 1):
+            raise InputError(f"--fdr / fdr={self.fdr!r}: give a number between 0 and 1")
         sf_mod.parse(self.size_factors)
         memory.parse(self.max_memory)
 
@@ -82,6 +85,19 @@ class Options:
         """The options that change the numbers (not memory, chunking or threads)."""
         skip = ("max_memory", "chunk_cells", "threads")
         return {k: v for k, v in asdict(self).items() if k not in skip}
+
+
+def _is_real(value) -> bool:
+    """A number (int, float or numpy scalar), not a bool or a string."""
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
+def _whole(name: str, value) -> int:
+    """`value` of option `name` as an int, refused unless it is a whole number >= 1."""
+    if not (_is_real(value) and math.isfinite(value) and value == int(value) and value >= 1):
+        raise InputError(f"--{name.replace('_', '-')} / {name}={value!r}: give a whole number "
+                         "of at least 1")
+    return int(value)
 
 
 def bh(p: np.ndarray) -> np.ndarray:
@@ -355,6 +371,11 @@ def _analyse(path: str, opts: Options, budget: int, out_dir: str, overwrite: boo
     if des.n_groups == 1:
         ws.discard()
         raise InputError("no perturbation has a cell with counts; check the matrix (--layer)")
+    try:
+        des = des.on_analysed_cells()
+    except InputError:
+        ws.discard()
+        raise
     at = summaries.atoms(des.cell_group, sf, des.covariates, des.categorical_only,
                          des.n_groups)
     n_control_atoms = int(np.diff(at.atom_ptr)[des.control])

@@ -65,8 +65,29 @@ def open_h5ad(path: str) -> h5py.File:
                          ) from None
 
 
+def _check_values_dtype(ds: h5py.Dataset, key: str) -> None:
+    """Counts are stored as integers, float32 or float64; any other type is refused, float16
+    too (it holds whole numbers exactly only up to 2048, and the compiled scan does not read
+    it)."""
+    dt = ds.dtype
+    if dt.kind in "iu" or dt in (np.float32, np.float64):
+        return
+    kind = "text" if h5py.check_string_dtype(dt) is not None else str(dt)
+    raise InputError(f"'{key}' stores its values as {kind}, not as counts; store raw counts as "
+                     "integers or float32 (e.g. adata.X = adata.X.astype('float32') on the "
+                     "counts) and write the file again")
+
+
+def malformed(key: str, layout: str, what: str) -> InputError:
+    """The refusal of a CSR/CSC matrix whose structure is broken (`what`)."""
+    return InputError(f"'{key}' is not a valid {layout.upper()} matrix: {what}; the file is "
+                      "damaged or was written by a faulty tool; write it again from its source")
+
+
 def locate_counts(f: h5py.File, layer: str | None) -> CountSource:
-    """Find the count matrix: X, layers/NAME or raw/X (layer='raw')."""
+    """Find the count matrix: X, layers/NAME or raw/X (layer='raw'), and check what can be
+    checked without reading it: its datasets, their types and lengths (the contents of
+    `indptr` are checked where they are read, `_read_indptr`; each entry by the scan)."""
     if layer is None:
         key = "X"
     elif layer in ("raw", "raw.X", "raw/X"):
@@ -82,12 +103,52 @@ def locate_counts(f: h5py.File, layer: str | None) -> CountSource:
     if isinstance(node, h5py.Dataset):
         if node.ndim != 2:
             raise InputError(f"'{key}' is not a 2-d matrix; give a cells x genes count matrix")
+        _check_values_dtype(node, key)
         return CountSource(f.filename, key, "dense", int(node.shape[0]), int(node.shape[1]))
     enc = _decode(node.attrs.get("encoding-type", ""))
     if enc not in ("csr_matrix", "csc_matrix"):
         raise InputError(f"'{key}' has encoding '{enc}', not a CSR/CSC/dense matrix")
-    shape = tuple(int(s) for s in node.attrs["shape"])
-    return CountSource(f.filename, key, enc[:3], shape[0], shape[1])
+    layout = enc[:3]
+    parts = {}
+    for name in ("data", "indices", "indptr"):
+        ds = node.get(name)
+        if not isinstance(ds, h5py.Dataset) or ds.ndim != 1:
+            raise malformed(key, layout, f"'{name}' is missing or not a 1-d array")
+        parts[name] = ds
+    shape = np.asarray(node.attrs.get("shape", []))
+    if shape.shape != (2,) or shape.dtype.kind not in "iu" or shape.min() < 0:
+        raise malformed(key, layout, f"its 'shape' attribute ({shape.tolist()}) is not "
+                                      "two sizes")
+    _check_values_dtype(parts["data"], key)
+    for name in ("indices", "indptr"):
+        if parts[name].dtype.kind not in "iu":
+            raise malformed(key, layout, f"'{name}' holds {parts[name].dtype}, not integers")
+    n_major = int(shape[0] if layout == "csr" else shape[1])
+    if parts["indptr"].shape[0] != n_major + 1:
+        raise malformed(key, layout, f"'indptr' has {parts['indptr'].shape[0]} entries, not "
+                                      f"{n_major + 1} (one more than its "
+                                      f"{'cells' if layout == 'csr' else 'genes'})")
+    if parts["indices"].shape[0] != parts["data"].shape[0]:
+        raise malformed(key, layout, f"'indices' has {parts['indices'].shape[0]} entries and "
+                                      f"'data' {parts['data'].shape[0]}")
+    return CountSource(f.filename, key, layout, int(shape[0]), int(shape[1]))
+
+
+def _read_indptr(node: h5py.Group, src: CountSource) -> np.ndarray:
+    """The `indptr` of a CSR/CSC matrix as int64, checked: it starts at 0, never decreases
+    and ends at the number of stored entries (its length is checked by locate_counts)."""
+    indptr = node["indptr"][:].astype(np.int64)
+    unit = "cell" if src.layout == "csr" else "gene"
+    if indptr[0] != 0:
+        raise malformed(src.key, src.layout, f"'indptr' starts at {indptr[0]}, not 0")
+    down = np.flatnonzero(indptr[1:] < indptr[:-1])
+    if down.size:
+        raise malformed(src.key, src.layout, f"'indptr' decreases at {unit} {down[0]}")
+    n_stored = node["data"].shape[0]
+    if indptr[-1] != n_stored:
+        raise malformed(src.key, src.layout, f"'indptr' ends at {indptr[-1]} but 'data' holds "
+                                              f"{n_stored} entries")
+    return indptr
 
 
 def read_var_names(f: h5py.File, src: CountSource) -> np.ndarray:
@@ -253,7 +314,7 @@ def iter_cell_chunks(f: h5py.File, src: CountSource, chunk_cells: int, first: in
     from `first` (CSR or dense storage). A chunk's arrays are reused by the one after next."""
     node = f[src.key]
     if src.layout == "csr":
-        indptr = node["indptr"][:].astype(np.int64)
+        indptr = _read_indptr(node, src)
         data, indices = _Slicer(node["data"]), _Slicer(node["indices"])
         for start in range(first, src.n_cells, chunk_cells):
             stop = min(start + chunk_cells, src.n_cells)
@@ -271,7 +332,7 @@ def iter_gene_slices(f: h5py.File, src: CountSource, chunk_nnz: int, first: int 
     consecutive gene ranges from `first` holding about chunk_nnz non-zeros each: sequential
     reads, never the whole matrix. A slice's arrays are reused by the one after next."""
     node = f[src.key]
-    indptr = node["indptr"][:].astype(np.int64)
+    indptr = _read_indptr(node, src)
     data, indices = _Slicer(node["data"]), _Slicer(node["indices"])
     g0 = first
     while g0 < src.n_genes:

@@ -11,14 +11,17 @@ import os
 import subprocess
 import sys
 
+import anndata as ad
 import h5py
 import numpy as np
 import pandas as pd
 import pytest
 from test_refusals import (
     BASE,
+    LABELS,
     N_CELLS,
     N_GENES,
+    base_obs,
     counts,
     refuse,
     succeed,
@@ -242,3 +245,145 @@ def test_integer_storage_is_read(tmp_path, capsys, reference):
     path = edited(tmp_path, "int16", edit)
     _, out = succeed(tmp_path, capsys, path, [*BASE, "--covariates", "batch"])
     pd.testing.assert_frame_equal(table(out), reference, check_exact=True)
+
+
+# ---------------------------------------------------------------- obs and var encodings
+
+BATCH3 = ["b1", "b2", "b3"] * (N_CELLS // 3)
+PERTURBATIONS = ["NT", "A", "B"]
+
+
+def write_anndata_07(path, strings: str) -> str:
+    """The screen as anndata 0.7 wrote it: obs and var groups of plain datasets, a
+    categorical as integer codes whose attribute `categories` is an object reference to
+    obs/__categories/NAME; strings variable-length ("vlen") or fixed-length bytes."""
+    x = counts()
+    obs = base_obs()
+    text = h5py.string_dtype() if strings == "vlen" else None
+
+    def strings_ds(group, name, values):
+        values = np.asarray(values, dtype=object)
+        if text is None:
+            return group.create_dataset(name, data=values.astype("S"))
+        return group.create_dataset(name, data=values, dtype=text)
+
+    def categorical(group, name, codes, categories):
+        cats = strings_ds(group.require_group("__categories"), name, categories)
+        ds = group.create_dataset(name, data=np.asarray(codes, dtype=np.int8))
+        ds.attrs["categories"] = cats.ref
+
+    with h5py.File(path, "w") as f:
+        X = f.create_group("X")
+        X.attrs.update({"encoding-type": "csr_matrix", "encoding-version": "0.1.0",
+                        "shape": np.array(x.shape)})
+        nz = np.nonzero(x)
+        X["data"] = x[nz]
+        X["indices"] = nz[1].astype(np.int32)
+        X["indptr"] = np.concatenate([[0], np.cumsum((x != 0).sum(1))]).astype(np.int32)
+        o = f.create_group("obs")
+        o.attrs.update({"encoding-type": "dataframe", "encoding-version": "0.1.0",
+                        "_index": "_index",
+                        "column-order": np.array(["perturbation", "batch3", "depth"],
+                                                 dtype=object)})
+        strings_ds(o, "_index", obs.index)
+        categorical(o, "perturbation", [PERTURBATIONS.index(v) for v in LABELS],
+                    PERTURBATIONS)
+        categorical(o, "batch3", [int(b[1]) - 1 for b in BATCH3], ["b1", "b2", "b3"])
+        o["depth"] = obs["depth"].to_numpy()
+        v = f.create_group("var")
+        v.attrs.update({"encoding-type": "dataframe", "encoding-version": "0.1.0",
+                        "_index": "_index"})
+        v.attrs.create("column-order", np.array([], dtype=object), dtype=h5py.string_dtype())
+        strings_ds(v, "_index", [f"g{j}" for j in range(N_GENES)])
+    return str(path)
+
+
+@pytest.mark.parametrize("strings", ["vlen", "fixed"])
+def test_anndata_07_obs(tmp_path, capsys, strings):
+    """Groups, a categorical covariate (one-hot, not its codes) and gene names of an
+    anndata 0.7 file give the table of the same screen written by today's anndata."""
+    modern = write_screen(tmp_path / "modern.h5ad",
+                          batch3=pd.Categorical(BATCH3, categories=["b1", "b2", "b3"]))
+    old = write_anndata_07(tmp_path / "old.h5ad", strings)
+    args = [*BASE, "--covariates", "batch3"]
+    _, want = succeed(tmp_path, capsys, modern, args, "o_modern")
+    _, got = succeed(tmp_path, capsys, old, args, "o_old")
+    assert run_json(got)["covariate_columns"] == ["batch3[b2]", "batch3[b3]"]
+    assert sorted(set(table(got)["gene"])) == [f"g{j}" for j in range(N_GENES)]
+    pd.testing.assert_frame_equal(table(got), table(want), check_exact=True)
+
+
+def test_anndata_06_layout_refused(tmp_path, capsys):
+    path = write_screen(tmp_path / "old.h5ad")
+    with h5py.File(path, "r+") as f:
+        del f["obs"]
+        rec = np.array([(f"c{i}".encode(), k) for i, k in enumerate([0] * N_CELLS)],
+                       dtype=[("index", "S8"), ("perturbation", "i1")])
+        f.create_dataset("obs", data=rec)
+    refuse(tmp_path, capsys, path, BASE, "'obs'", "before 0.7",
+           "anndata.read_h5ad(old).write_h5ad(new)")
+
+
+def _modern(tmp_path, name, **columns):
+    """A screen whose extra obs columns are written by anndata as they are given."""
+    path = tmp_path / f"{name}.h5ad"
+    adata = ad.AnnData(X=counts(), obs=base_obs(),
+                       var=pd.DataFrame(index=[f"g{j}" for j in range(N_GENES)]))
+    for key, values in columns.items():
+        adata.obs[key] = values
+    with ad.settings.override(allow_write_nullable_strings=True):
+        adata.write_h5ad(path, convert_strings_to_categoricals=False)
+    return str(path)
+
+
+FLAGS = np.arange(N_CELLS) % 3 == 0
+
+
+@pytest.mark.parametrize("flag", [
+    FLAGS,
+    pd.array(FLAGS, dtype="boolean"),
+], ids=["bool", "nullable_boolean"])
+def test_bool_covariate_is_categorical(tmp_path, capsys, flag):
+    want_path = _modern(tmp_path, "want",
+                        flag=pd.Categorical(np.where(FLAGS, "True", "False")))
+    path = _modern(tmp_path, "bools", flag=flag)
+    args = [*BASE, "--covariates", "flag"]
+    _, want = succeed(tmp_path, capsys, want_path, args, "o_want")
+    _, got = succeed(tmp_path, capsys, path, args, "o_got")
+    assert run_json(got)["covariate_columns"] == ["flag[True]"]
+    pd.testing.assert_frame_equal(table(got), table(want), check_exact=True)
+
+
+def test_nullable_integer_covariate_is_numeric(tmp_path, capsys):
+    reps = np.arange(N_CELLS) % 4
+    want_path = _modern(tmp_path, "want", reps=reps.astype(np.float64))
+    path = _modern(tmp_path, "ints", reps=pd.array(reps, dtype="Int64"))
+    args = [*BASE, "--covariates", "reps"]
+    _, want = succeed(tmp_path, capsys, want_path, args, "o_want")
+    _, got = succeed(tmp_path, capsys, path, args, "o_got")
+    assert run_json(got)["covariate_columns"] == ["reps"]
+    pd.testing.assert_frame_equal(table(got), table(want), check_exact=True)
+
+
+def test_nullable_integer_covariate_missing_refused(tmp_path, capsys):
+    reps = pd.array(np.arange(N_CELLS) % 4, dtype="Int64")
+    reps[7] = pd.NA
+    path = _modern(tmp_path, "ints", reps=reps)
+    refuse(tmp_path, capsys, path, [*BASE, "--covariates", "reps"], "'reps' has missing")
+
+
+@pytest.mark.parametrize("dtype", ["string", object], ids=["nullable", "plain"])
+def test_string_groupby_with_missing_labels(tmp_path, capsys, dtype):
+    """Text labels (nullable strings may be missing: those cells are left out) give the
+    table of the same labels as a categorical."""
+    labels = np.array(LABELS, dtype=object)
+    if dtype == "string":
+        labels[[3, 40]] = None
+    want_path = _modern(tmp_path, "want",
+                        g=pd.Categorical(labels, categories=PERTURBATIONS))
+    path = _modern(tmp_path, "text", g=pd.array(labels, dtype=dtype))
+    args = ["--groupby", "g", "--control", "NT"]
+    _, want = succeed(tmp_path, capsys, want_path, args, "o_want")
+    _, got = succeed(tmp_path, capsys, path, args, "o_got")
+    assert run_json(got)["cells_without_label"] == (2 if dtype == "string" else 0)
+    pd.testing.assert_frame_equal(table(got), table(want), check_exact=True)

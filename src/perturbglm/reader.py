@@ -151,8 +151,21 @@ def _read_indptr(node: h5py.Group, src: CountSource) -> np.ndarray:
     return indptr
 
 
+def _frame(f: h5py.File, key: str) -> h5py.Group:
+    """obs, var or raw/var: a group (anndata 0.7 on); the record array of older files is
+    refused."""
+    node = f.get(key)
+    if isinstance(node, h5py.Group):
+        return node
+    if node is None:
+        raise InputError(f"the file has no '{key}'; give an AnnData .h5ad")
+    raise InputError(f"'{key}' is in the layout of anndata before 0.7 (a record array), which "
+                     "perturbglm does not read; rewrite the file with a current anndata: "
+                     "anndata.read_h5ad(old).write_h5ad(new)")
+
+
 def read_var_names(f: h5py.File, src: CountSource) -> np.ndarray:
-    var = f["raw/var"] if src.key == "raw/X" else f["var"]
+    var = _frame(f, "raw/var" if src.key == "raw/X" else "var")
     index_key = _decode(var.attrs.get("_index", "_index"))
     names = np.array([_decode(x) for x in var[index_key][:]], dtype=object)
     if names.shape[0] != src.n_genes:
@@ -183,7 +196,7 @@ def make_unique(names: np.ndarray) -> tuple[np.ndarray, dict[str, str]]:
 
 
 def obs_columns(f: h5py.File) -> list[str]:
-    return [_decode(c) for c in f["obs"].attrs.get("column-order", [])]
+    return [_decode(c) for c in _frame(f, "obs").attrs.get("column-order", [])]
 
 
 class Categorical(NamedTuple):
@@ -195,19 +208,27 @@ class Categorical(NamedTuple):
 
 
 def _read_column(node) -> np.ndarray | Categorical:
-    """One obs column, as a numpy array or a `Categorical`. The common encodings
-    (categorical, numeric array, string array) are read with h5py directly, which spares
-    importing anndata and pandas (0.45 s together); any other goes to anndata's element
-    reader and is converted."""
+    """One obs column, as a numpy array (text as str objects) or a `Categorical`. Read with
+    h5py directly, which spares importing anndata and pandas (0.45 s together): a categorical
+    group; anndata 0.7's categorical, integer codes whose attribute `categories` refers to
+    a dataset of categories (obs/__categories/NAME); numbers, bools and text (variable- or
+    fixed-length, as anndata 0.7 wrote them too). Any other encoding (nullable integers,
+    bools and strings...) goes to anndata's element reader and is converted."""
     kind = _decode(node.attrs.get("encoding-type", ""))
     if kind == "categorical" and isinstance(node, h5py.Group):
         categories = _read_column(node["categories"])
         return Categorical(node["codes"][:].astype(np.int64), np.asarray(categories),
                            bool(node.attrs.get("ordered", False)))
-    if kind == "array" and isinstance(node, h5py.Dataset) and node.dtype.kind in "biuf":
-        return node[:]
-    if kind == "string-array" and isinstance(node, h5py.Dataset):
-        return node.asstr()[:].astype(object)
+    if isinstance(node, h5py.Dataset) and node.ndim == 1 and kind in ("", "array",
+                                                                       "string-array"):
+        if "categories" in node.attrs:
+            categories = node.parent[node.attrs["categories"]]
+            return Categorical(node[:].astype(np.int64), np.asarray(_read_column(categories)),
+                               bool(categories.attrs.get("ordered", False)))
+        if h5py.check_string_dtype(node.dtype) is not None:
+            return node.asstr("utf-8")[:].astype(object)
+        if node.dtype.kind in "biuf":
+            return node[:]
     from anndata.io import read_elem
 
     return _from_pandas(read_elem(node))

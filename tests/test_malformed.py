@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 
 import anndata as ad
 import h5py
@@ -387,3 +388,44 @@ def test_string_groupby_with_missing_labels(tmp_path, capsys, dtype):
     _, got = succeed(tmp_path, capsys, path, args, "o_got")
     assert run_json(got)["cells_without_label"] == (2 if dtype == "string" else 0)
     pd.testing.assert_frame_equal(table(got), table(want), check_exact=True)
+
+
+# ---------------------------------------------------------------- what is not an .h5ad
+
+@pytest.mark.parametrize("marker", [".zgroup", "zarr.json"])
+def test_zarr_store(tmp_path, capsys, marker):
+    store = tmp_path / "screen.zarr"
+    store.mkdir()
+    (store / marker).write_text("{}")
+    refuse(tmp_path, capsys, store, BASE, "screen.zarr is a zarr store",
+           "reads .h5ad", ".write_h5ad(")
+
+
+def test_folder(tmp_path, capsys):
+    (tmp_path / "folder").mkdir()
+    refuse(tmp_path, capsys, tmp_path / "folder", BASE, "is a folder")
+
+
+def test_zarr_store_written_by_anndata(tmp_path, capsys):
+    adata = ad.read_h5ad(write_screen(tmp_path / "s.h5ad"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")     # anndata's notice about zarr format versions
+        adata.write_zarr(tmp_path / "s.zarr")
+    refuse(tmp_path, capsys, tmp_path / "s.zarr", BASE, "zarr store",
+           "anndata.read_zarr(")
+
+
+def test_file_locked_by_a_writer(tmp_path, capsys):
+    """Another process holding the file open for writing (HDF5 file locking)."""
+    screen = write_screen(tmp_path / "screen.h5ad")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import h5py, sys; f = h5py.File(sys.argv[1], 'a'); "
+         "print('open', flush=True); sys.stdin.read()", screen],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "open\n"
+        refuse(tmp_path, capsys, screen, BASE, "another process has the file open for writing",
+               "wait for it to finish")
+    finally:
+        holder.stdin.close()
+        holder.wait()

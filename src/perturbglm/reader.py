@@ -53,6 +53,12 @@ class Compressed(NamedTuple):
 
 
 def open_h5ad(path: str) -> h5py.File:
+    if os.path.isdir(path):
+        zarr = any(os.path.exists(os.path.join(path, m)) for m in (".zgroup", "zarr.json"))
+        raise InputError(
+            f"{path} is a zarr store; perturbglm reads .h5ad files: convert it with "
+            f"anndata.read_zarr('{path}').write_h5ad('screen.h5ad')" if zarr else
+            f"{path} is a folder; give the path of an .h5ad screen")
     if not os.path.exists(path):
         raise InputError(f"{path}: no such file; give the path of an .h5ad screen")
     if os.path.getsize(path) == 0:
@@ -60,7 +66,11 @@ def open_h5ad(path: str) -> h5py.File:
     try:
         return h5py.File(path, "r")
     except OSError as exc:
-        raise InputError(f"{path}: not a readable HDF5/.h5ad file ({exc}); "
+        if "unable to lock file, errno = 11" in str(exc):
+            raise InputError(f"{path}: another process has the file open for writing (HDF5 "
+                             "file lock); wait for it to finish, then run again") from None
+        reason = " ".join(str(exc).split())
+        raise InputError(f"{path}: not a readable HDF5/.h5ad file ({reason}); "
                          "check the file is complete (not truncated) and is an AnnData .h5ad"
                          ) from None
 

@@ -2,12 +2,14 @@
 
 The matrix is read straight from the HDF5 datasets with h5py (DESIGN.md section 3: a slice of
 `data`/`indices` per chunk of cells), never loaded whole. obs columns are read with h5py in
-their common encodings and anndata's element reader otherwise. Values are validated chunk
-by chunk as they stream past.
+their common encodings and anndata's element reader otherwise. The matrix's datasets, types
+and `indptr` are checked here before it is read; its entries are checked chunk by chunk as
+they stream past (summaries._split).
 """
 
 from __future__ import annotations
 
+import errno
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -66,7 +68,7 @@ def open_h5ad(path: str) -> h5py.File:
     try:
         return h5py.File(path, "r")
     except OSError as exc:
-        if "unable to lock file, errno = 11" in str(exc):
+        if f"unable to lock file, errno = {errno.EAGAIN}," in str(exc):
             raise InputError(f"{path}: another process has the file open for writing (HDF5 "
                              "file lock); wait for it to finish, then run again") from None
         reason = " ".join(str(exc).split())
@@ -88,7 +90,7 @@ def _check_values_dtype(ds: h5py.Dataset, key: str) -> None:
                      "counts) and write the file again")
 
 
-def malformed(key: str, layout: str, what: str) -> InputError:
+def malformed_matrix(key: str, layout: str, what: str) -> InputError:
     """The refusal of a CSR/CSC matrix whose structure is broken (`what`)."""
     return InputError(f"'{key}' is not a valid {layout.upper()} matrix: {what}; the file is "
                       "damaged or was written by a faulty tool; write it again from its source")
@@ -119,28 +121,30 @@ def locate_counts(f: h5py.File, layer: str | None) -> CountSource:
     if enc not in ("csr_matrix", "csc_matrix"):
         raise InputError(f"'{key}' has encoding '{enc}', not a CSR/CSC/dense matrix")
     layout = enc[:3]
+
+    def broken(what):
+        return malformed_matrix(key, layout, what)
+
     parts = {}
     for name in ("data", "indices", "indptr"):
         ds = node.get(name)
         if not isinstance(ds, h5py.Dataset) or ds.ndim != 1:
-            raise malformed(key, layout, f"'{name}' is missing or not a 1-d array")
+            raise broken(f"'{name}' is missing or not a 1-d array")
         parts[name] = ds
     shape = np.asarray(node.attrs.get("shape", []))
     if shape.shape != (2,) or shape.dtype.kind not in "iu" or shape.min() < 0:
-        raise malformed(key, layout, f"its 'shape' attribute ({shape.tolist()}) is not "
-                                      "two sizes")
+        raise broken(f"its 'shape' attribute ({shape.tolist()}) is not two sizes")
     _check_values_dtype(parts["data"], key)
     for name in ("indices", "indptr"):
         if parts[name].dtype.kind not in "iu":
-            raise malformed(key, layout, f"'{name}' holds {parts[name].dtype}, not integers")
+            raise broken(f"'{name}' holds {parts[name].dtype}, not integers")
     n_major = int(shape[0] if layout == "csr" else shape[1])
     if parts["indptr"].shape[0] != n_major + 1:
-        raise malformed(key, layout, f"'indptr' has {parts['indptr'].shape[0]} entries, not "
-                                      f"{n_major + 1} (one more than its "
-                                      f"{'cells' if layout == 'csr' else 'genes'})")
+        raise broken(f"'indptr' has {parts['indptr'].shape[0]} entries, not {n_major + 1} "
+                     f"(one more than its {'cells' if layout == 'csr' else 'genes'})")
     if parts["indices"].shape[0] != parts["data"].shape[0]:
-        raise malformed(key, layout, f"'indices' has {parts['indices'].shape[0]} entries and "
-                                      f"'data' {parts['data'].shape[0]}")
+        raise broken(f"'indices' has {parts['indices'].shape[0]} entries and 'data' "
+                     f"{parts['data'].shape[0]}")
     return CountSource(f.filename, key, layout, int(shape[0]), int(shape[1]))
 
 
@@ -149,16 +153,17 @@ def _read_indptr(node: h5py.Group, src: CountSource) -> np.ndarray:
     and ends at the number of stored entries (its length is checked by locate_counts)."""
     indptr = node["indptr"][:].astype(np.int64)
     unit = "cell" if src.layout == "csr" else "gene"
-    if indptr[0] != 0:
-        raise malformed(src.key, src.layout, f"'indptr' starts at {indptr[0]}, not 0")
-    down = np.flatnonzero(indptr[1:] < indptr[:-1])
-    if down.size:
-        raise malformed(src.key, src.layout, f"'indptr' decreases at {unit} {down[0]}")
     n_stored = node["data"].shape[0]
-    if indptr[-1] != n_stored:
-        raise malformed(src.key, src.layout, f"'indptr' ends at {indptr[-1]} but 'data' holds "
-                                              f"{n_stored} entries")
-    return indptr
+    down = np.flatnonzero(indptr[1:] < indptr[:-1])
+    if indptr[0] != 0:
+        what = f"'indptr' starts at {indptr[0]}, not 0"
+    elif down.size:
+        what = f"'indptr' decreases at {unit} {down[0]}"
+    elif indptr[-1] != n_stored:
+        what = f"'indptr' ends at {indptr[-1]} but 'data' holds {n_stored} entries"
+    else:
+        return indptr
+    raise malformed_matrix(src.key, src.layout, what)
 
 
 def _frame(f: h5py.File, key: str) -> h5py.Group:

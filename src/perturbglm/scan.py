@@ -20,7 +20,7 @@ import numpy as np
 from . import size_factors as sf_mod
 from . import summaries
 from .errors import InputError
-from .reader import check_counts, iter_cell_chunks, iter_gene_slices, malformed, read_ahead
+from .reader import check_counts, iter_cell_chunks, iter_gene_slices, malformed_matrix, read_ahead
 
 CHECKPOINT_SECONDS = 20.0
 
@@ -82,7 +82,7 @@ def _refuse(problem, part, first, src):
     where = f"gene {row}, cell {index}" if csc else f"cell {row}, gene {index}"
     if problem.kind == summaries.OUT_OF_RANGE:
         n_minor = src.n_cells if csc else src.n_genes
-        raise malformed(src.key, src.layout, f"an entry ({where}) lies outside its "
+        raise malformed_matrix(src.key, src.layout, f"an entry ({where}) lies outside its "
                                              f"{n_minor} {'cells' if csc else 'genes'}")
     raise InputError(f"'{src.key}' stores an entry twice ({where}); anndata and scipy would add "
                      "the two, perturbglm does not guess: if they are to be added, run "

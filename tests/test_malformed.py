@@ -93,7 +93,7 @@ def test_duplicate_index_in_unsorted_row_of_later_chunk(tmp_path, capsys):
     def edit(x):
         ind = x["indices"][:]
         ptr = x["indptr"][:]
-        a, b, c = ind[ptr[25]:ptr[25] + 3]
+        _, b, c = ind[ptr[25]:ptr[25] + 3]
         ind[ptr[25]:ptr[25] + 3] = [c, b, c]            # c twice, not adjacent
         x["indices"][:] = ind
 

@@ -50,7 +50,7 @@ def _small_block(seed=0, n=300, genes=3, groups=2, q=0):
     at = summaries.atoms(group, sf, z, True, groups)
     store = summaries.Store(genes)
     assert store.add(counts.indptr, counts.indices, counts.data, 0, True, group >= 0,
-                     np.zeros(n), None)
+                     np.zeros(n), None) is None
     block = summaries.build_block(store, 0, store.n_slabs, group, at)
     return block, counts.toarray(), group, sf, z
 

@@ -22,7 +22,7 @@ def _store(counts, group, folder, chunk):
     for c0 in range(0, n, chunk):
         part = counts[c0:c0 + chunk]
         assert store.add(part.indptr, part.indices, part.data, c0, True, group >= 0,
-                         np.zeros(n), None)
+                         np.zeros(n), None) is None
     return store
 
 

@@ -2,12 +2,14 @@
 
 The matrix is read straight from the HDF5 datasets with h5py (DESIGN.md section 3: a slice of
 `data`/`indices` per chunk of cells), never loaded whole. obs columns are read with h5py in
-their common encodings and anndata's element reader otherwise. Values are validated chunk
-by chunk as they stream past.
+their common encodings and anndata's element reader otherwise. The matrix's datasets, types
+and `indptr` are checked here before it is read; its entries are checked chunk by chunk as
+they stream past (summaries._split).
 """
 
 from __future__ import annotations
 
+import errno
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -53,6 +55,12 @@ class Compressed(NamedTuple):
 
 
 def open_h5ad(path: str) -> h5py.File:
+    if os.path.isdir(path):
+        zarr = any(os.path.exists(os.path.join(path, m)) for m in (".zgroup", "zarr.json"))
+        raise InputError(
+            f"{path} is a zarr store; perturbglm reads .h5ad files: convert it with "
+            f"anndata.read_zarr('{path}').write_h5ad('screen.h5ad')" if zarr else
+            f"{path} is a folder; give the path of an .h5ad screen")
     if not os.path.exists(path):
         raise InputError(f"{path}: no such file; give the path of an .h5ad screen")
     if os.path.getsize(path) == 0:
@@ -60,13 +68,38 @@ def open_h5ad(path: str) -> h5py.File:
     try:
         return h5py.File(path, "r")
     except OSError as exc:
-        raise InputError(f"{path}: not a readable HDF5/.h5ad file ({exc}); "
+        if f"unable to lock file, errno = {errno.EAGAIN}," in str(exc):
+            raise InputError(f"{path}: another process has the file open for writing (HDF5 "
+                             "file lock); wait for it to finish, then run again") from None
+        reason = " ".join(str(exc).split())
+        raise InputError(f"{path}: not a readable HDF5/.h5ad file ({reason}); "
                          "check the file is complete (not truncated) and is an AnnData .h5ad"
                          ) from None
 
 
+def _check_values_dtype(ds: h5py.Dataset, key: str) -> None:
+    """Counts are stored as integers, float32 or float64; any other type is refused, float16
+    too (it holds whole numbers exactly only up to 2048, and the compiled scan does not read
+    it)."""
+    dt = ds.dtype
+    if dt.kind in "iu" or dt in (np.float32, np.float64):
+        return
+    kind = "text" if h5py.check_string_dtype(dt) is not None else str(dt)
+    raise InputError(f"'{key}' stores its values as {kind}, not as counts; store raw counts as "
+                     "integers or float32 (e.g. adata.X = adata.X.astype('float32') on the "
+                     "counts) and write the file again")
+
+
+def malformed_matrix(key: str, layout: str, what: str) -> InputError:
+    """The refusal of a CSR/CSC matrix whose structure is broken (`what`)."""
+    return InputError(f"'{key}' is not a valid {layout.upper()} matrix: {what}; the file is "
+                      "damaged or was written by a faulty tool; write it again from its source")
+
+
 def locate_counts(f: h5py.File, layer: str | None) -> CountSource:
-    """Find the count matrix: X, layers/NAME or raw/X (layer='raw')."""
+    """Find the count matrix: X, layers/NAME or raw/X (layer='raw'), and check what can be
+    checked without reading it: its datasets, their types and lengths (the contents of
+    `indptr` are checked where they are read, `_read_indptr`; each entry by the scan)."""
     if layer is None:
         key = "X"
     elif layer in ("raw", "raw.X", "raw/X"):
@@ -82,16 +115,72 @@ def locate_counts(f: h5py.File, layer: str | None) -> CountSource:
     if isinstance(node, h5py.Dataset):
         if node.ndim != 2:
             raise InputError(f"'{key}' is not a 2-d matrix; give a cells x genes count matrix")
+        _check_values_dtype(node, key)
         return CountSource(f.filename, key, "dense", int(node.shape[0]), int(node.shape[1]))
     enc = _decode(node.attrs.get("encoding-type", ""))
     if enc not in ("csr_matrix", "csc_matrix"):
         raise InputError(f"'{key}' has encoding '{enc}', not a CSR/CSC/dense matrix")
-    shape = tuple(int(s) for s in node.attrs["shape"])
-    return CountSource(f.filename, key, enc[:3], shape[0], shape[1])
+    layout = enc[:3]
+
+    def broken(what):
+        return malformed_matrix(key, layout, what)
+
+    parts = {}
+    for name in ("data", "indices", "indptr"):
+        ds = node.get(name)
+        if not isinstance(ds, h5py.Dataset) or ds.ndim != 1:
+            raise broken(f"'{name}' is missing or not a 1-d array")
+        parts[name] = ds
+    shape = np.asarray(node.attrs.get("shape", []))
+    if shape.shape != (2,) or shape.dtype.kind not in "iu" or shape.min() < 0:
+        raise broken(f"its 'shape' attribute ({shape.tolist()}) is not two sizes")
+    _check_values_dtype(parts["data"], key)
+    for name in ("indices", "indptr"):
+        if parts[name].dtype.kind not in "iu":
+            raise broken(f"'{name}' holds {parts[name].dtype}, not integers")
+    n_major = int(shape[0] if layout == "csr" else shape[1])
+    if parts["indptr"].shape[0] != n_major + 1:
+        raise broken(f"'indptr' has {parts['indptr'].shape[0]} entries, not {n_major + 1} "
+                     f"(one more than its {'cells' if layout == 'csr' else 'genes'})")
+    if parts["indices"].shape[0] != parts["data"].shape[0]:
+        raise broken(f"'indices' has {parts['indices'].shape[0]} entries and 'data' "
+                     f"{parts['data'].shape[0]}")
+    return CountSource(f.filename, key, layout, int(shape[0]), int(shape[1]))
+
+
+def _read_indptr(node: h5py.Group, src: CountSource) -> np.ndarray:
+    """The `indptr` of a CSR/CSC matrix as int64, checked: it starts at 0, never decreases
+    and ends at the number of stored entries (its length is checked by locate_counts)."""
+    indptr = node["indptr"][:].astype(np.int64)
+    unit = "cell" if src.layout == "csr" else "gene"
+    n_stored = node["data"].shape[0]
+    down = np.flatnonzero(indptr[1:] < indptr[:-1])
+    if indptr[0] != 0:
+        what = f"'indptr' starts at {indptr[0]}, not 0"
+    elif down.size:
+        what = f"'indptr' decreases at {unit} {down[0]}"
+    elif indptr[-1] != n_stored:
+        what = f"'indptr' ends at {indptr[-1]} but 'data' holds {n_stored} entries"
+    else:
+        return indptr
+    raise malformed_matrix(src.key, src.layout, what)
+
+
+def _frame(f: h5py.File, key: str) -> h5py.Group:
+    """obs, var or raw/var: a group (anndata 0.7 on); the record array of older files is
+    refused."""
+    node = f.get(key)
+    if isinstance(node, h5py.Group):
+        return node
+    if node is None:
+        raise InputError(f"the file has no '{key}'; give an AnnData .h5ad")
+    raise InputError(f"'{key}' is in the layout of anndata before 0.7 (a record array), which "
+                     "perturbglm does not read; rewrite the file with a current anndata: "
+                     "anndata.read_h5ad(old).write_h5ad(new)")
 
 
 def read_var_names(f: h5py.File, src: CountSource) -> np.ndarray:
-    var = f["raw/var"] if src.key == "raw/X" else f["var"]
+    var = _frame(f, "raw/var" if src.key == "raw/X" else "var")
     index_key = _decode(var.attrs.get("_index", "_index"))
     names = np.array([_decode(x) for x in var[index_key][:]], dtype=object)
     if names.shape[0] != src.n_genes:
@@ -122,7 +211,7 @@ def make_unique(names: np.ndarray) -> tuple[np.ndarray, dict[str, str]]:
 
 
 def obs_columns(f: h5py.File) -> list[str]:
-    return [_decode(c) for c in f["obs"].attrs.get("column-order", [])]
+    return [_decode(c) for c in _frame(f, "obs").attrs.get("column-order", [])]
 
 
 class Categorical(NamedTuple):
@@ -134,19 +223,27 @@ class Categorical(NamedTuple):
 
 
 def _read_column(node) -> np.ndarray | Categorical:
-    """One obs column, as a numpy array or a `Categorical`. The common encodings
-    (categorical, numeric array, string array) are read with h5py directly, which spares
-    importing anndata and pandas (0.45 s together); any other goes to anndata's element
-    reader and is converted."""
+    """One obs column, as a numpy array (text as str objects) or a `Categorical`. Read with
+    h5py directly, which spares importing anndata and pandas (0.45 s together): a categorical
+    group; anndata 0.7's categorical, integer codes whose attribute `categories` refers to
+    a dataset of categories (obs/__categories/NAME); numbers, bools and text (variable- or
+    fixed-length, as anndata 0.7 wrote them too). Any other encoding (nullable integers,
+    bools and strings...) goes to anndata's element reader and is converted."""
     kind = _decode(node.attrs.get("encoding-type", ""))
     if kind == "categorical" and isinstance(node, h5py.Group):
         categories = _read_column(node["categories"])
         return Categorical(node["codes"][:].astype(np.int64), np.asarray(categories),
                            bool(node.attrs.get("ordered", False)))
-    if kind == "array" and isinstance(node, h5py.Dataset) and node.dtype.kind in "biuf":
-        return node[:]
-    if kind == "string-array" and isinstance(node, h5py.Dataset):
-        return node.asstr()[:].astype(object)
+    if isinstance(node, h5py.Dataset) and node.ndim == 1 and kind in ("", "array",
+                                                                       "string-array"):
+        if "categories" in node.attrs:
+            categories = node.parent[node.attrs["categories"]]
+            return Categorical(node[:].astype(np.int64), np.asarray(_read_column(categories)),
+                               bool(categories.attrs.get("ordered", False)))
+        if h5py.check_string_dtype(node.dtype) is not None:
+            return node.asstr("utf-8")[:].astype(object)
+        if node.dtype.kind in "biuf":
+            return node[:]
     from anndata.io import read_elem
 
     return _from_pandas(read_elem(node))
@@ -253,7 +350,7 @@ def iter_cell_chunks(f: h5py.File, src: CountSource, chunk_cells: int, first: in
     from `first` (CSR or dense storage). A chunk's arrays are reused by the one after next."""
     node = f[src.key]
     if src.layout == "csr":
-        indptr = node["indptr"][:].astype(np.int64)
+        indptr = _read_indptr(node, src)
         data, indices = _Slicer(node["data"]), _Slicer(node["indices"])
         for start in range(first, src.n_cells, chunk_cells):
             stop = min(start + chunk_cells, src.n_cells)
@@ -271,7 +368,7 @@ def iter_gene_slices(f: h5py.File, src: CountSource, chunk_nnz: int, first: int 
     consecutive gene ranges from `first` holding about chunk_nnz non-zeros each: sequential
     reads, never the whole matrix. A slice's arrays are reused by the one after next."""
     node = f[src.key]
-    indptr = node["indptr"][:].astype(np.int64)
+    indptr = _read_indptr(node, src)
     data, indices = _Slicer(node["data"]), _Slicer(node["indices"])
     g0 = first
     while g0 < src.n_genes:

@@ -19,8 +19,9 @@ import warnings
 import numpy as np
 
 from . import size_factors as sf_mod
+from . import summaries
 from .errors import InputError
-from .reader import check_counts, iter_cell_chunks, iter_gene_slices, read_ahead
+from .reader import check_counts, iter_cell_chunks, iter_gene_slices, malformed_matrix, read_ahead
 
 CHECKPOINT_SECONDS = 20.0
 
@@ -70,11 +71,10 @@ def first_pass(f, src, cell_group, store, chunk_nnz, chunk_cells, ws=None,
     pieces = (iter_gene_slices(f, src, chunk_nnz, position) if csc
               else iter_cell_chunks(f, src, chunk_cells, position))
     for first, part in read_ahead(pieces):
-        if not store.add(part.indptr, part.indices, part.data, first, not csc, keep, totals,
-                         logsum if want_logsum else None):
-            check_counts(part.data, f"{unit} from {first}", src.key)
-            raise InputError(f"'{src.key}' holds values that are not counts ({unit} from "
-                             f"{first}); give raw counts")
+        problem = store.add(part.indptr, part.indices, part.data, first, not csc, keep, totals,
+                            logsum if want_logsum else None)
+        if problem is not None:
+            _refuse(problem, part, first, src)
         position = first + part.shape[0]
         if progress:
             progress("reading", position, total, unit)
@@ -84,6 +84,32 @@ def first_pass(f, src, cell_group, store, chunk_nnz, chunk_cells, ws=None,
     if ws is not None:
         _checkpoint(ws, store, position, totals, logsum, done=True)
     return totals, (logsum if want_logsum else None)
+
+
+def _refuse(problem, part, first, src):
+    """The one-line refusal of a malformed slice (summaries.Problem) read from `first`."""
+    csc = src.layout == "csc"
+    unit = "genes" if csc else "cells"
+    if problem.kind == summaries.NOT_COUNT:
+        check_counts(part.data, f"{unit} from {first}", src.key)
+        raise InputError(f"'{src.key}' holds values that are not counts ({unit} from "
+                         f"{first}); give raw counts")
+    row, index = first + problem.row, problem.index
+    where = f"gene {row}, cell {index}" if csc else f"cell {row}, gene {index}"
+    if problem.kind == summaries.OUT_OF_RANGE:
+        n_minor = src.n_cells if csc else src.n_genes
+        raise malformed_matrix(src.key, src.layout, f"an entry ({where}) lies outside its "
+                                             f"{n_minor} {'cells' if csc else 'genes'}")
+    raise InputError(f"'{src.key}' stores an entry twice ({where}); anndata and scipy would add "
+                     "the two, perturbglm does not guess: if they are to be added, run "
+                     f"{_python_name(src.key)}.sum_duplicates() and write the file again")
+
+
+def _python_name(key: str) -> str:
+    """The AnnData attribute holding the matrix at `key` (X, raw/X or layers/NAME)."""
+    if key.startswith("layers/"):
+        return f"adata.layers['{key[len('layers/'):]}']"
+    return "adata." + key.replace("/", ".")
 
 
 def poscounts_pass(f, src, cell_group, logsum, chunk_cells, progress=None):

@@ -15,6 +15,7 @@ import math
 import os
 from collections import namedtuple
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 from numba import get_num_threads, njit, prange
@@ -25,6 +26,18 @@ ATOM_BINS = 32         # size-factor bins per stratum of a large group
 EXACT_UP_TO = 32       # strata with at most this many cells keep one atom per cell
 SLAB_GENES = 64        # genes per slab of the store
 RECORD = np.dtype([("cell", "<i4"), ("y", "<i4")])
+
+# What _split finds wrong with a compressed slice (Problem.kind); scan.py words the refusals.
+OK, NOT_COUNT, OUT_OF_RANGE, DUPLICATE = 0, 1, 2, 3
+
+
+class Problem(NamedTuple):
+    """The first malformed entry of a slice: its kind, its row in the slice (a cell of a CSR
+    slice, a gene of a CSC one) and its index (gene or cell)."""
+
+    kind: int
+    row: int
+    index: int
 
 
 class Store:
@@ -55,22 +68,26 @@ class Store:
     def _width(self, s: int) -> int:
         return int(self.bounds[s + 1] - self.bounds[s])
 
-    def add(self, ptr, minor, data, first: int, by_cell: bool, keep, totals, logsum) -> bool:
+    def add(self, ptr, minor, data, first: int, by_cell: bool, keep, totals,
+            logsum) -> Problem | None:
         """File the entries of a compressed slice: cell rows first.. with gene indices
         `minor` (CSR, by_cell) or gene columns first.. with cell indices `minor` (CSC).
         Adds every value to totals[cell] and, if logsum is not None, log counts of kept
-        cells to logsum[gene]. Returns False, filing nothing, when a value is not a count."""
-        rec, gene_ptr, ok = _split(ptr, minor, data, first, by_cell, keep, self.n_genes,
-                                   totals, logsum if logsum is not None else np.zeros(0),
-                                   logsum is not None, get_num_threads())
-        if not ok:
-            return False
+        cells to logsum[gene]. Returns None, or the `Problem` that stopped it filing
+        anything: a value that is not a count, an index outside the matrix or repeated in a
+        row."""
+        rec, gene_ptr, kind, row, index = _split(
+            ptr, minor, data, first, by_cell, keep, self.n_genes, totals,
+            logsum if logsum is not None else np.zeros(0), logsum is not None,
+            get_num_threads())
+        if kind != OK:
+            return Problem(int(kind), int(row), int(index))
         per_slab = np.diff(gene_ptr[self.bounds])
         self.nnz += per_slab
         self.pieces += per_slab > 0
         if self._chunks is not None:
             self._chunks.append((rec, gene_ptr))
-            return True
+            return None
         if self._files is None:
             self._files = [tuple(open(p, "ab") for p in self._paths(i))
                            for i in range(self.n_slabs)]
@@ -78,7 +95,7 @@ class Store:
             g0, g1 = self.bounds[s], self.bounds[s + 1]
             self._files[s][0].write(rec[gene_ptr[g0]:gene_ptr[g1]])
             self._files[s][1].write(np.diff(gene_ptr[g0:g1 + 1]))
-        return True
+        return None
 
     def sync(self) -> None:
         """Flush spill files to disk (before a checkpoint records their lengths)."""
@@ -160,36 +177,69 @@ def _split(ptr, minor, data, first, by_cell, keep, n_genes, totals, logsum, want
            bands):
     """Order the non-zeros of kept cells in a compressed slice by gene (slice order within a
     gene) as (cell, count) records, an int32 array n x 2 with gene_ptr giving each gene's
-    range; check every value is a count (ok=False if one is not), add them to the cells'
-    totals and, if want_logsum, their logs to the genes' logsum. The slice's rows are split
-    into `bands` consecutive ranges counted and placed in parallel; the order, and every
-    sum (of whole counts, or per gene in record order), do not depend on the split."""
+    range; add them to the cells' totals and, if want_logsum, their logs to the genes'
+    logsum. The slice's rows are split into `bands` consecutive ranges counted and placed in
+    parallel; the order, and every sum (of whole counts, or per gene in record order), do
+    not depend on the split.
+
+    Every entry is checked on the way, at the cost of a comparison or two: its value is a
+    count, its index lies in the matrix, and no index appears twice in a row. A row whose
+    indices are not increasing (CSR does not require sorted rows) is checked again with a
+    stamp per index of the last row that used it (allocated by a band at its first such
+    row). Returns (records, gene_ptr, problem, row, index): problem is OK or the first
+    problem found (NOT_COUNT, OUT_OF_RANGE, DUPLICATE) in the first band that has one, row
+    its row in the slice and index the index concerned; nothing is filed then."""
     n_rows = ptr.shape[0] - 1
+    n_minor = n_genes if by_cell else totals.shape[0]
     cut = np.zeros(bands + 1, dtype=np.int64)
     for t in range(1, bands + 1):
         cut[t] = np.searchsorted(ptr, ptr[0] + (ptr[n_rows] - ptr[0]) * t // bands)
     cut[bands] = n_rows
     counts = np.zeros((bands, n_genes + 1), dtype=np.int64)
     part_totals = np.zeros((1 if by_cell else bands, totals.shape[0]))
-    bad = np.zeros(bands, dtype=np.bool_)
+    problem = np.zeros((bands, 3), dtype=np.int64)      # per band: problem, row, index
     for t in prange(bands):
+        stamp = np.empty(0, dtype=np.int32)
         for r in range(cut[t], cut[t + 1]):
+            last = np.int64(-1)
+            increasing = True
             for e in range(ptr[r], ptr[r + 1]):
+                j = np.int64(minor[e])
                 v = data[e]
+                if j < 0 or j >= n_minor:
+                    problem[t, 0], problem[t, 1], problem[t, 2] = OUT_OF_RANGE, r, j
+                    break
                 if not (v >= 0.0 and v < 2147483648.0 and v == math.floor(v)):
-                    bad[t] = True
-                    continue
-                cell = first + r if by_cell else minor[e]
-                gene = minor[e] if by_cell else first + r
+                    problem[t, 0], problem[t, 1], problem[t, 2] = NOT_COUNT, r, j
+                    break
+                increasing &= j > last
+                last = j
+                cell = first + r if by_cell else j
+                gene = j if by_cell else first + r
                 if by_cell:
                     totals[cell] += v
                 else:
                     part_totals[t, cell] += v
                 if v > 0.0 and keep[cell]:
                     counts[t, gene + 1] += 1
+            if problem[t, 0] != OK:
+                break
+            if not increasing:
+                if stamp.size == 0:
+                    stamp = np.full(n_minor, -1, dtype=np.int32)
+                for e in range(ptr[r], ptr[r + 1]):
+                    j = np.int64(minor[e])
+                    if stamp[j] == r:
+                        problem[t, 0], problem[t, 1], problem[t, 2] = DUPLICATE, r, j
+                        break
+                    stamp[j] = r
+                if problem[t, 0] != OK:
+                    break
     gene_ptr = np.zeros(n_genes + 1, dtype=np.int64)
-    if np.any(bad):
-        return np.empty((0, 2), dtype=np.int32), gene_ptr, False
+    for t in range(bands):
+        if problem[t, 0] != OK:
+            return (np.empty((0, 2), dtype=np.int32), gene_ptr, problem[t, 0], problem[t, 1],
+                    problem[t, 2])
     if not by_cell:
         for t in range(bands):
             totals += part_totals[t]
@@ -215,7 +265,7 @@ def _split(ptr, minor, data, first, by_cell, keep, n_genes, totals, logsum, want
         for g in prange(n_genes):
             for e in range(gene_ptr[g], gene_ptr[g + 1]):
                 logsum[g] += math.log(rec[e, 1])
-    return rec, gene_ptr, True
+    return rec, gene_ptr, OK, 0, 0
 
 
 @dataclass

@@ -34,7 +34,8 @@ SETUP = ("from perturbglm import memory, scan\n"
          "memory.RECORD_BYTES, memory.BLOCK_BYTES = 10**9, 10**6\n"
          "scan.CHECKPOINT_SECONDS = 0.0\n")
 # (target, largest call number drawn): the read pass, checkpoints and every saved step,
-# the file system calls that make them atomic, the stages, the output.
+# the file system calls that make them atomic, the stages, the output and its swap into
+# place, and the removal of the workspace.
 TARGETS = [
     ("perturbglm.summaries:Store.add", 8),
     ("perturbglm.summaries:Store.sync", 9),
@@ -48,6 +49,10 @@ TARGETS = [
     ("perturbglm.pipeline:stage_b", 5),
     ("perturbglm.pipeline:trend_chunk", 1),
     ("perturbglm.output:write", 1),
+    ("perturbglm.outdir:_write_marker", 1),
+    ("perturbglm.outdir:_exchange", 1),
+    ("perturbglm.workspace:Workspace.discard", 1),
+    ("os:rename", 3),
 ]
 
 

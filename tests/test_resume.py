@@ -96,20 +96,25 @@ def test_kill_while_a_checkpoint_replaces_the_last(screen, reference, tmp_path):
     assert_identical(out, reference)
 
 
-def test_kill_after_the_results_are_in_place(screen, reference, tmp_path):
-    """Killed after the results were swapped into OUT, before the workspace was removed:
-    --resume recognises OUT as that workspace's results (its marker names the workspace),
-    assembles the same table again and replaces them; without --resume OUT is not touched."""
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_kill_after_the_results_are_in_place(screen, reference, tmp_path, when):
+    """Killed after the results were swapped into OUT, before (or while) the workspace was
+    removed: --resume recognises OUT as that workspace's results (its marker names the
+    workspace's fingerprint, which goes last), assembles the same table again and replaces
+    them; without --resume OUT is not touched."""
     out = tmp_path / "o"
     proc = run_killed(argv(screen, out), "perturbglm.workspace:Workspace.discard", 1,
-                      "before", SPILL)
+                      when, SPILL)
     assert killed(proc), proc.stderr
     assert os.path.isdir(str(out) + ".partial")
     before = pd.read_parquet(out / "results.parquet")
     pd.testing.assert_frame_equal(before, reference, check_exact=True)
     again = run_killed(argv(screen, out), *NEVER, setup=SPILL)
     assert again.returncode == 2 and "exists" in again.stderr
-    resume(screen, out)
+    other = run_killed(argv(screen, out) + ["--resume", "--fdr", "0.05"], *NEVER, setup=SPILL)
+    assert other.returncode == 2 and "results of another run" in other.stderr
+    done = resume(screen, out)
+    assert ("nothing to resume" in done.stderr) == (when == "after")
     assert_identical(out, reference)
 
 

@@ -21,7 +21,6 @@ import contextlib
 import ctypes
 import errno
 import fcntl
-import hashlib
 import json
 import os
 import shutil
@@ -294,50 +293,39 @@ def _exchange(a: str, b: str) -> bool:
     raise OSError(err, os.strerror(err), b)
 
 
-def workspace_id(out_dir: str) -> str | None:
-    """A digest of OUT.partial's fingerprint (None without one): written into the marker of
-    the results that workspace produced, so that a run killed after its results were swapped
-    into place, before its workspace was removed, is recognised as finished."""
-    try:
-        with open(os.path.join(partial_path(out_dir), FINGERPRINT), "rb") as fh:
-            return hashlib.sha256(fh.read()).hexdigest()
-    except OSError:
-        return None
-
-
-def written_by_workspace(out_dir: str) -> bool:
-    """Whether OUT_DIR holds the results of the run whose workspace is OUT.partial: --resume
-    may then replace them (by the same table, assembled again from the saved steps)."""
-    ours = workspace_id(out_dir)
+def results_run(out_dir: str) -> str | None:
+    """The run (workspace.digest of its fingerprint) whose results OUT_DIR holds, from its
+    marker; None if it has none."""
     try:
         with open(os.path.join(out_dir, MARKER)) as fh:
-            return ours is not None and json.load(fh).get("workspace") == ours
+            run = json.load(fh).get("run")
     except (OSError, ValueError, AttributeError):
-        return False
+        return None
+    return run if isinstance(run, str) else None
 
 
-def _write_marker(folder: str, workspace: str | None) -> None:
+def _write_marker(folder: str, run: str | None) -> None:
     from . import __version__
 
     files = sorted(os.listdir(folder))
     with open(os.path.join(folder, MARKER), "w") as fh:
-        json.dump({"version": __version__, "files": files, "workspace": workspace}, fh)
+        json.dump({"version": __version__, "files": files, "run": run}, fh)
         fh.flush()
         os.fsync(fh.fileno())
 
 
 @contextlib.contextmanager
-def staged(out_dir: str, overwrite: bool, workspace: str | None = None):
+def staged(out_dir: str, overwrite: bool, run: str | None = None):
     """A new folder beside OUT_DIR to write the results in; when the block completes it is
-    marked as a results folder (of `workspace`, a workspace_id) and swapped into place, and
-    removed if the block fails. Call under lock(out_dir)."""
+    marked as the results of `run` (see results_run) and swapped into place, and removed if
+    the block fails. Call under lock(out_dir)."""
     check_destination(out_dir, overwrite)
     new, old = _staging_paths(out_dir)
     os.makedirs(os.path.dirname(new), exist_ok=True)
     os.mkdir(new)                      # permissions from the umask, like any user folder
     try:
         yield new
-        _write_marker(new, workspace)
+        _write_marker(new, run)
         _fsync_dir(new)
         check_destination(out_dir, overwrite)   # files may have appeared during the run
         if not os.path.lexists(out_dir):

@@ -115,16 +115,30 @@ def _summary_rows(labels, cols, code, n_cells, control_cells, genes_index, fdr):
         }
 
 
+def read_written(out_dir: str) -> Written:
+    """A finished results folder as `write` returned it: the summary rows (typed as
+    _summary_rows makes them) and the run record."""
+    ints = ("cells", "control_cells", "genes_tested", "de_genes")
+    with open(os.path.join(out_dir, "summary.csv"), newline="") as fh:
+        rows = [{**row, **{k: int(row[k]) for k in ints},
+                 "target_measured": row["target_measured"] == "True",
+                 **{k: float(row[k]) if row[k] else np.nan
+                    for k in ("target_log2fc", "target_padj")}}
+                for row in csv.DictReader(fh)]
+    with open(os.path.join(out_dir, "run.json")) as fh:
+        return Written(out_dir, rows, json.load(fh))
+
+
 def write_record(folder: str, record: dict) -> None:
     with open(os.path.join(folder, "run.json"), "w") as fh:
         json.dump(record, fh, indent=2, default=str)
 
 
 def write(out_dir: str, overwrite: bool, chunks, design, genes, info, opts, path,
-          t0: float) -> Written:
+          t0: float, run: str) -> Written:
     """Stream (labels, arrays) chunks into OUT_DIR/results.parquet, then the summary and the
-    run record; swap the folder into place, marked as the results of the workspace
-    OUT_DIR.partial. Call under outdir.lock(out_dir)."""
+    run record; swap the folder into place, marked as the results of `run` (the digest of
+    the run's fingerprint). Call under outdir.lock(out_dir)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -138,7 +152,7 @@ def write(out_dir: str, overwrite: bool, chunks, design, genes, info, opts, path
                           minlength=design.n_groups)
     control_cells = int(n_cells[design.control])
     rows = []
-    with outdir.staged(out_dir, overwrite, outdir.workspace_id(out_dir)) as tmp:
+    with outdir.staged(out_dir, overwrite, run) as tmp:
         t1 = time.perf_counter()
         with pq.ParquetWriter(os.path.join(tmp, "results.parquet"), schema,
                               compression="zstd", use_dictionary=False) as writer:

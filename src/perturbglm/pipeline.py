@@ -19,6 +19,7 @@ from __future__ import annotations
 import errno
 import math
 import numbers
+import os
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -27,7 +28,7 @@ import numba
 import numpy as np
 
 from . import design as design_mod
-from . import memory, outdir, output, scan, special, stages, summaries, trend
+from . import memory, outdir, output, scan, special, stages, summaries, trend, workspace
 from . import size_factors as sf_mod
 from .errors import DiskFull, InputError
 from .reader import (
@@ -275,13 +276,11 @@ def run(path: str, opts: Options, out_dir: str, overwrite: bool = False,
     outdir.check_paths(out_dir, path)
     disk = {"folder": outdir.partial_path(out_dir), "need": None}
     with outdir.lock(out_dir):
-        # a run killed after its results were swapped into place, before its workspace was
-        # removed: --resume assembles the same table again and may replace them
-        replace = overwrite or (resume and outdir.written_by_workspace(out_dir))
-        outdir.check_destination(out_dir, replace)
+        # with --resume an existing OUT_DIR may be this run's own results (a run killed
+        # after they were swapped into place): _analyse checks that against the fingerprint
+        outdir.check_destination(out_dir, overwrite or resume)
         try:
-            return _analyse(path, opts, budget, out_dir, overwrite, replace, resume,
-                            progress, disk)
+            return _analyse(path, opts, budget, out_dir, overwrite, resume, progress, disk)
         except OSError as exc:
             if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise
@@ -306,10 +305,10 @@ def _disk_need(plan: memory.Plan, nnz: int, n_comps: int, n_genes: int) -> int:
 
 
 def _analyse(path: str, opts: Options, budget: int, out_dir: str, overwrite: bool,
-             replace: bool, resume: bool, progress, disk: dict) -> output.Written:
-    """The analysis run() describes, under its lock; `replace`: whether the results may
-    replace an existing OUT_DIR. Sets disk["need"] (bytes) once the memory plan is known and
-    disk["folder"] to the folder being written, for run()'s message on a full disk."""
+             resume: bool, progress, disk: dict) -> output.Written:
+    """The analysis run() describes, under its lock. Sets disk["need"] (bytes) once the
+    memory plan is known and disk["folder"] to the folder being written, for run()'s message
+    on a full disk."""
     timings = {}
     t0 = time.perf_counter()
     numba.set_num_threads(min(opts.threads or numba.config.NUMBA_NUM_THREADS,
@@ -332,9 +331,17 @@ def _analyse(path: str, opts: Options, budget: int, out_dir: str, overwrite: boo
         del obs
         n_comps = len(des.perturbations)
         nnz = stored_nnz(f, src)
-        ws = Workspace(outdir.partial_path(out_dir),
-                       fingerprint(f, src.key, obs_used, opts.fingerprint()), resume,
-                       overwrite)
+        print_ = fingerprint(f, src.key, obs_used, opts.fingerprint())
+        if resume and not overwrite and os.path.lexists(out_dir):
+            if outdir.results_run(out_dir) != workspace.digest(print_):
+                raise InputError(f"output folder '{out_dir}' exists and holds the results of "
+                                 "another run (other input or options); pass --overwrite to "
+                                 "replace it or choose another --out")
+            if not outdir.has_workspace(out_dir):
+                warnings.warn(f"'{out_dir}' already holds this run's results; nothing to "
+                              "resume", stacklevel=2)
+                return output.read_written(out_dir)
+        ws = Workspace(outdir.partial_path(out_dir), print_, resume, overwrite)
         try:
             if ws.has("plan.json"):
                 plan = memory.Plan(**ws.load_json("plan"))
@@ -446,7 +453,8 @@ def _analyse(path: str, opts: Options, budget: int, out_dir: str, overwrite: boo
     step = max(1, min(plan.comps_chunk, output.ROWS_PER_GROUP // max(genes.size, 1)))
     chunks = _table_chunks(ws, cx, ranges, trend_names, step, progress)
     disk["folder"] = out_dir
-    written = output.write(out_dir, replace, chunks, des, genes, info, opts, path, t0)
+    written = output.write(out_dir, overwrite or resume, chunks, des, genes, info, opts,
+                           path, t0, workspace.digest(print_))
     ws.discard()
     return written
 

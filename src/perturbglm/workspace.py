@@ -118,6 +118,12 @@ def fingerprint(f: h5py.File, counts_key: str, obs_keys: list[str], options: dic
             "options": options, "workspace format": FORMAT}
 
 
+def digest(print_: dict) -> str:
+    """A fingerprint as one string: recorded in the marker of the results a run writes, so
+    that --resume can tell they are this run's (outdir.results_run)."""
+    return hashlib.sha256(json.dumps(print_, sort_keys=True).encode()).hexdigest()
+
+
 def _json_checksum(obj: dict) -> int:
     return zlib.crc32(json.dumps(obj, sort_keys=True).encode())
 

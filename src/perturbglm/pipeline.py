@@ -36,6 +36,7 @@ from .reader import (
     open_h5ad,
     read_obs,
     read_var_names,
+    stored_dtypes,
     stored_nnz,
 )
 from .workspace import Workspace, fingerprint
@@ -281,7 +282,9 @@ def run(path: str, opts: Options, out_dir: str, overwrite: bool = False,
             if ws.has("plan.json"):
                 plan = memory.Plan(**ws.load_json("plan"))
             else:
-                plan = memory.plan(budget, src.n_cells, src.n_genes, nnz, n_comps)
+                kernels = memory.kernel_bytes(des.covariates.shape[1] > 0,
+                                              *stored_dtypes(f, src))
+                plan = memory.plan(budget, src.n_cells, src.n_genes, nnz, n_comps, kernels)
                 ws.save_json("plan", asdict(plan))
             timings["read_metadata"] = time.perf_counter() - t0
             store = summaries.Store(src.n_genes, None if plan.in_memory else ws.file("store"))

@@ -91,7 +91,10 @@ def check_table(table: pd.DataFrame, summary: pd.DataFrame, n_genes: int):
 def test_run_succeeds_well_formed_or_refuses_cleanly(tmp_path_factory, case):
     adata, options, spill = case
     out = str(tmp_path_factory.mktemp("fuzz") / "out")
-    saved = memory.RECORD_BYTES, memory.BLOCK_BYTES
+    saved = (memory.RECORD_BYTES, memory.BLOCK_BYTES, memory.MIN_CHUNK_NNZ,
+             memory.MIN_CHUNK_PER_GENE)
+    # chunks of exactly chunk_cells cells (the reader otherwise coalesces small ones)
+    memory.MIN_CHUNK_NNZ, memory.MIN_CHUNK_PER_GENE = 1, 0
     if spill:       # the spilled plan, one 64-gene slab per block, as a large screen runs
         memory.RECORD_BYTES, memory.BLOCK_BYTES = 10**9, 10**6
     with warnings.catch_warnings():
@@ -105,5 +108,6 @@ def test_run_succeeds_well_formed_or_refuses_cleanly(tmp_path_factory, case):
             assert not os.path.exists(out) and not os.path.exists(out + ".partial")
             return
         finally:
-            memory.RECORD_BYTES, memory.BLOCK_BYTES = saved
+            (memory.RECORD_BYTES, memory.BLOCK_BYTES, memory.MIN_CHUNK_NNZ,
+             memory.MIN_CHUNK_PER_GENE) = saved
     check_table(res.table, res.summary, adata.n_vars)

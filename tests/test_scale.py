@@ -56,6 +56,14 @@ def tight_memory(monkeypatch):
     monkeypatch.setattr(memory, "RECORD_BYTES", 10**9)
     monkeypatch.setattr(memory, "BLOCK_BYTES", 10**6)
     monkeypatch.setattr(scan, "CHECKPOINT_SECONDS", 0.0)
+    exact_chunks(monkeypatch)
+
+
+def exact_chunks(monkeypatch):
+    """Read chunks of exactly --chunk-cells cells, however few values they hold (the reader
+    otherwise coalesces them, memory.min_chunk_nnz), so that tests cross many boundaries."""
+    monkeypatch.setattr(memory, "MIN_CHUNK_NNZ", 1)
+    monkeypatch.setattr(memory, "MIN_CHUNK_PER_GENE", 0)
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +79,8 @@ def test_grouped_and_shuffled_copies_give_identical_tables(screen, reference, tm
     assert_same(_run(screen[1], tmp_path / "g"), reference)
 
 
-def test_chunk_size_does_not_matter(screen, reference, tmp_path):
+def test_chunk_size_does_not_matter(screen, reference, tmp_path, monkeypatch):
+    exact_chunks(monkeypatch)
     assert_same(_run(screen[0], tmp_path / "c", chunk_cells=97), reference)
 
 
@@ -261,6 +270,7 @@ def test_resume_mid_read_for_poscounts_and_csc(tmp_path_factory, monkeypatch, la
     monkeypatch.setattr(memory, "RECORD_BYTES", 10**9)
     monkeypatch.setattr(memory, "BLOCK_BYTES", 10**6)
     monkeypatch.setattr(memory, "CHUNK_BYTES", 10**5)     # many small read chunks
+    exact_chunks(monkeypatch)
     monkeypatch.setattr(scan, "CHECKPOINT_SECONDS", 0.0)
     out = folder / "out"
     with monkeypatch.context() as m:

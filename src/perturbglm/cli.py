@@ -38,7 +38,8 @@ def _add_de(sub):
                    help=f"memory budget, e.g. 2G or 500M (default {memory.DEFAULT}); sets the "
                         "read chunk and whether counts are spilled to OUT.partial on disk")
     p.add_argument("--chunk-cells", type=int, default=None,
-                   help="cells read per chunk (default: set by --max-memory)")
+                   help="cells read per chunk (default: set by --max-memory); a chunk holds "
+                        "at least 100,000 stored values whatever it asks")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing --out folder (or an interrupted run's OUT.partial)")

@@ -39,6 +39,7 @@ from .reader import (
     open_h5ad,
     read_obs,
     read_var_names,
+    stored_dtypes,
     stored_nnz,
 )
 from .workspace import Workspace, fingerprint
@@ -347,7 +348,9 @@ def _analyse(path: str, opts: Options, budget: int, out_dir: str, overwrite: boo
                 plan = memory.Plan(**ws.load_json("plan"))
             else:
                 ws.clear()   # anything saved under a lost plan (e.g. trend chunks) is void
-                plan = memory.plan(budget, src.n_cells, src.n_genes, nnz, n_comps)
+                kernels = memory.kernel_bytes(des.covariates.shape[1] > 0,
+                                              *stored_dtypes(f, src))
+                plan = memory.plan(budget, src.n_cells, src.n_genes, nnz, n_comps, kernels)
                 ws.save_json("plan", asdict(plan))
             disk["need"] = _disk_need(plan, nnz, n_comps, src.n_genes)
             timings["read_metadata"] = time.perf_counter() - t0

@@ -19,6 +19,7 @@ import h5py
 import numpy as np
 
 from .errors import InputError
+from .memory import min_chunk_nnz
 
 
 def _decode(x):
@@ -347,19 +348,27 @@ def read_ahead(pieces):
 
 def iter_cell_chunks(f: h5py.File, src: CountSource, chunk_cells: int, first: int = 0):
     """Yield (start, `Compressed` chunk of counts, as stored) over consecutive cell ranges
-    from `first` (CSR or dense storage). A chunk's arrays are reused by the one after next."""
+    from `first` (CSR or dense storage): chunk_cells cells, or more where they hold fewer
+    than `memory.min_chunk_nnz` stored values. A chunk's arrays are reused by the one after
+    next."""
     node = f[src.key]
+    least = min_chunk_nnz(src.n_genes)
     if src.layout == "csr":
         indptr = _read_indptr(node, src)
         data, indices = _Slicer(node["data"]), _Slicer(node["indices"])
-        for start in range(first, src.n_cells, chunk_cells):
-            stop = min(start + chunk_cells, src.n_cells)
+        start = first
+        while start < src.n_cells:
+            stop = max(start + chunk_cells,
+                       int(np.searchsorted(indptr, indptr[start] + least, side="left")))
+            stop = min(stop, src.n_cells)
             lo, hi = indptr[start], indptr[stop]
             yield start, Compressed(indptr[start:stop + 1] - lo, indices(lo, hi), data(lo, hi),
                                     (stop - start, src.n_genes))
+            start = stop
     else:
-        for start in range(first, src.n_cells, chunk_cells):
-            stop = min(start + chunk_cells, src.n_cells)
+        step = max(chunk_cells, -(-least // max(src.n_genes, 1)))
+        for start in range(first, src.n_cells, step):
+            stop = min(start + step, src.n_cells)
             yield start, Compressed.from_dense(node[start:stop])
 
 
@@ -385,6 +394,14 @@ def stored_nnz(f: h5py.File, src: CountSource) -> int:
     if src.layout == "dense":
         return src.n_cells * src.n_genes
     return int(f[src.key]["data"].shape[0])
+
+
+def stored_dtypes(f: h5py.File, src: CountSource) -> tuple[np.dtype, np.dtype]:
+    """The dtypes of the values and the indices of the chunks the readers above yield."""
+    node = f[src.key]
+    if src.layout == "dense":
+        return node.dtype, np.dtype(np.intp)
+    return node["data"].dtype, node["indices"].dtype
 
 
 def check_counts(d: np.ndarray, where: str, key: str) -> None:

@@ -32,6 +32,7 @@ from perturbglm import simulate  # noqa: E402
 
 SETUP = ("from perturbglm import memory, scan\n"
          "memory.RECORD_BYTES, memory.BLOCK_BYTES = 10**9, 10**6\n"
+         "memory.MIN_CHUNK_NNZ, memory.MIN_CHUNK_PER_GENE = 1, 0\n"
          "scan.CHECKPOINT_SECONDS = 0.0\n")
 # (target, largest call number drawn): the read pass, checkpoints and every saved step,
 # the file system calls that make them atomic, the stages, the output and its swap into

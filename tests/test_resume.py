@@ -16,7 +16,8 @@ from killpoints import killed, run_killed
 from perturbglm import pipeline, simulate
 
 SPILL = ("from perturbglm import memory, scan\n"
-         "memory.RECORD_BYTES, memory.BLOCK_BYTES = 10**9, 10**6\n")   # spill; 5 gene blocks
+         "memory.RECORD_BYTES, memory.BLOCK_BYTES = 10**9, 10**6\n"    # spill; 5 gene blocks
+         "memory.MIN_CHUNK_NNZ, memory.MIN_CHUNK_PER_GENE = 1, 0\n")    # chunks as asked
 CHECKPOINT_EVERY_CHUNK = "scan.CHECKPOINT_SECONDS = 0.0\n"
 NEVER = ("perturbglm.summaries:Store.add", 10**9)       # a kill point that is not reached
 N_CHUNKS = 8                                            # 3,000 cells read 400 at a time

@@ -114,8 +114,8 @@ def _covariates(sources: dict, cell_group: np.ndarray, control: int):
     enters as (x - mean) / sd over the analysed cells: the model is the same for any affine
     change of x, and standardised so is its fit, whose start (coefficients 0), step cap,
     coefficient bounds, ridge, convergence tolerance and collinearity check are on the
-    coefficients' scale (in x's own units, x / 100 changed 1,118 log2fc by more than 0.1
-    on the real screen and x + 1e8 was refused as collinear)."""
+    coefficients' scale (in x's own units they made the results depend on x's units and
+    origin, and a large offset look collinear)."""
     blocks, names = [], []
     categorical_only = True
     analysed = cell_group >= 0

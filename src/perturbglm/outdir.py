@@ -255,7 +255,8 @@ def _recover(out_dir: str) -> None:
             shutil.rmtree(path)
 
 
-def _fsync_dir(path: str) -> None:
+def fsync_dir(path: str) -> None:
+    """Make the renames and new entries of folder PATH durable."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -266,7 +267,7 @@ def _fsync_dir(path: str) -> None:
 def _move(src: str, dst: str) -> None:
     """Rename SRC to DST and make the rename durable."""
     os.rename(src, dst)
-    _fsync_dir(os.path.dirname(os.path.abspath(dst)))
+    fsync_dir(os.path.dirname(os.path.abspath(dst)))
 
 
 _AT_FDCWD = -100
@@ -285,7 +286,7 @@ def _exchange(a: str, b: str) -> bool:
     renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
                           ctypes.c_uint]
     if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
-        _fsync_dir(os.path.dirname(os.path.abspath(b)))
+        fsync_dir(os.path.dirname(os.path.abspath(b)))
         return True
     err = ctypes.get_errno()
     if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
@@ -326,7 +327,7 @@ def staged(out_dir: str, overwrite: bool, run: str | None = None):
     try:
         yield new
         _write_marker(new, run)
-        _fsync_dir(new)
+        fsync_dir(new)
         check_destination(out_dir, overwrite)   # files may have appeared during the run
         if not os.path.lexists(out_dir):
             _move(new, out_dir)

@@ -25,15 +25,6 @@ import numpy as np
 from . import outdir
 from .errors import InputError
 
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 FORMAT = 5  # what the workspace holds; raised whenever a stage's saved arrays change
 MANIFEST = "manifest.json"   # in each saved folder: every file's size and CRC-32
 SAMPLES = 64                 # slices of a large dataset's stored bytes hashed by the fingerprint
@@ -276,7 +267,7 @@ class Workspace:
         tmp = self.file(name + ".json.tmp")
         _write_json(tmp, obj)
         os.replace(tmp, self.file(name + ".json"))
-        _fsync_dir(self.path)
+        outdir.fsync_dir(self.path)
         self._checked.add(name + ".json")
 
     def load_json(self, name: str) -> dict:
@@ -298,10 +289,10 @@ class Workspace:
                 fh.flush()
                 os.fsync(fh.fileno())
         _write_json(os.path.join(tmp, MANIFEST), {"files": files})
-        _fsync_dir(tmp)
+        outdir.fsync_dir(tmp)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
-        _fsync_dir(self.path)
+        outdir.fsync_dir(self.path)
         self._checked.add(name)
 
     def load(self, name: str, key: str, rows: slice | None = None,

@@ -9,12 +9,12 @@ estimable genes (reference lfcSE <= 10), Spearman of -log10 p >= 0.999, top-50 o
 Measured when this was written (8 targets): Spearman >= 0.99989, top-50 overlap 1.0,
 dispersion median relative difference 0.14% to 0.80%; log2fc Pearson >= 0.99947 except
 IFNGR1 (0.99838) and NFKBIA (0.99898), which miss 0.999 and are left out of the Pearson
-test. In both the gap is one or two very sparse genes (IFNGR1: SYCP1, AC009133.20; NFKBIA:
-FAM171A2; dispersions ~500, lfcSE ~2) where DESeq2's IRLS diverges and its L-BFGS-B fallback
-stops at its box bound |beta| <= 30 (log2): the intercept, extrapolated to
-guide_umi_fraction = 0, sits at exactly -30, so R's fold change there is not the MLE
-(perturbglm's differs by 0.3-0.5 log2). Without those genes the Pearson is >= 0.99837
-(IFNGR1, SYCP1 remains) and 0.9999997 (NFKBIA).
+test. In both the gap is one or two very sparse genes (IFNGR1: SYCP1, AC009133.20;
+NFKBIA: FAM171A2; dispersions ~500, lfcSE ~2) where DESeq2's IRLS hits its 100-iteration
+limit and its L-BFGS-B fallback stops at its box bound |beta| <= 30 (log2): the intercept,
+extrapolated to guide_umi_fraction = 0, sits at exactly -30, so R's fold change there is not
+the MLE (perturbglm's differs by 0.3-0.5 log2). Without FAM171A2, NFKBIA's Pearson is
+0.9999997.
 """
 
 import os

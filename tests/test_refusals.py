@@ -5,6 +5,7 @@ succeed next to them (--overwrite, skipped perturbations, CSC/dense storage)."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 
 import anndata as ad
@@ -16,6 +17,7 @@ import scipy.sparse as sp
 import perturbglm
 from perturbglm.cli import main
 from perturbglm.errors import InputError
+from perturbglm.pipeline import Options
 
 N_GENES = 8
 LABELS = ["NT"] * 30 + ["A"] * 20 + ["B"] * 10      # 60 cells; B is the smallest group
@@ -155,6 +157,66 @@ def test_groupby_single_label(tmp_path, capsys):
     path = write_screen(tmp_path / "s.h5ad", lane=pd.Categorical(["L1"] * N_CELLS))
     refuse(tmp_path, capsys, path, ["--groupby", "lane", "--control", "L1"],
            "'lane'", "one label only")
+
+
+def test_unknown_label_among_several_controls(tmp_path, capsys, screen):
+    err = refuse(tmp_path, capsys, screen, ["--groupby", "perturbation", "--control", "NT,NTT"],
+                 "--control 'NTT' is not a label", "did you mean 'NT'")
+    assert "'NT' is not" not in err
+
+
+def test_every_label_a_control(tmp_path, capsys, screen):
+    refuse(tmp_path, capsys, screen, ["--groupby", "perturbation", "--control", "NT,A,B"],
+           "'perturbation'", "control labels only", "'NT+A+B'", "at least one perturbation")
+
+
+def test_no_control_label(tmp_path, capsys, screen):
+    refuse(tmp_path, capsys, screen, ["--groupby", "perturbation", "--control", ","],
+           "--control", "at least one label")
+
+
+def test_control_of_wrong_type_from_python(tmp_path, screen):
+    before = snapshot(tmp_path)
+    with pytest.raises(InputError, match="control=3: give a label"):
+        perturbglm.de(screen, groupby="perturbation", control=3, out=str(tmp_path / "out"))
+    assert snapshot(tmp_path) == before
+
+
+def guides() -> list[str]:
+    """Per-guide labels: the NT cells split into N1 (2 cells), N2 (2 cells) and NT."""
+    return ["N1"] * 2 + ["N2"] * 2 + LABELS[4:]
+
+
+def test_min_cells_applies_to_the_pooled_control(tmp_path, capsys):
+    """N1 and N2 have 2 cells each: either alone is below --min-cells 3, pooled they are 4."""
+    path = write_screen(tmp_path / "s.h5ad", guide=pd.Categorical(guides()))
+    refuse(tmp_path, capsys, path, ["--groupby", "guide", "--control", "N1", "--min-cells", "3"],
+           "control 'N1' has 2 cells", "--min-cells 3")
+    cap, out = succeed(tmp_path, capsys, path,
+                       ["--groupby", "guide", "--control", "N1,N2", "--min-cells", "3"])
+    summary = pd.read_csv(out / "summary.csv")
+    assert list(summary["perturbation"]) == ["A", "B", "NT"]
+    assert (summary["control_cells"] == 4).all()
+    assert "control: 2 labels pooled (N1, N2), 4 cells" in cap.out
+
+
+def test_control_given_as_list_string_or_twice(tmp_path, capsys):
+    """A Python list, a tuple and the command line's comma-separated string pool the same
+    cells and give the same table and fingerprint; a label given twice counts once."""
+    path = write_screen(tmp_path / "s.h5ad", guide=pd.Categorical(guides()))
+    _, out = succeed(tmp_path, capsys, path, ["--groupby", "guide", "--control", "N1,N2,N1"])
+    cli = pd.read_parquet(out / "results.parquet")
+    record = json.load(open(out / "run.json"))
+    assert record["parameters"]["control"] == "N1,N2,N1"
+    assert record["control_labels"] == ["N1", "N2"]
+    for control in (["N1", "N2"], ("N1", "N2"), "N1,N2"):
+        res = perturbglm.de(path, groupby="guide", control=control)
+        pd.testing.assert_frame_equal(res.table, cli, check_exact=True)
+        assert res.run_info["control_labels"] == ["N1", "N2"]
+    prints = {json.dumps(Options("guide", c).fingerprint())
+              for c in (["N1", "N2"], ("N1", "N2"), "N1,N2", "N1,N2,N1")}
+    assert len(prints) == 1
+    assert Options("guide", "N1").fingerprint()["control"] == "N1"
 
 
 # ---------------------------------------------------------------- covariates

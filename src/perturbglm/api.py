@@ -10,12 +10,15 @@ from .progress import Progress
 from .result import Result
 
 
-def de(data, groupby: str, control: str, covariates=(), layer=None, size_factors="library",
+def de(data, groupby: str, control, covariates=(), layer=None, size_factors="library",
        min_cells: int = 3, min_mu: float = 1e-6, dispersion: str = "per-comparison",
        max_memory=None, threads=None, fdr: float = 0.1, out: str | None = None,
        overwrite: bool = False, resume: bool = False, progress: bool = False,
        chunk_cells: int | None = None) -> Result:
     """Test every perturbation of `groupby` against the `control` cells, per gene.
+
+    control: a label, or several (a list or tuple, or one string separated by commas as on
+    the command line) whose cells are pooled into one control group.
 
     data: path of an .h5ad file (streamed from disk, opened read-only) or an AnnData (written
     to a temporary .h5ad first). With `out`, the result folder is written there and the

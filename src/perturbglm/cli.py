@@ -17,7 +17,9 @@ def _add_de(sub):
     p = sub.add_parser("de", help="test every perturbation against the control cells")
     p.add_argument("screen", help=".h5ad file with raw counts")
     p.add_argument("--groupby", required=True, help="obs column naming each cell's perturbation")
-    p.add_argument("--control", required=True, help="label of the control cells in --groupby")
+    p.add_argument("--control", required=True,
+                   help="label of the control cells in --groupby; several, separated by "
+                        "commas, are pooled into one control group")
     p.add_argument("--covariates", default="",
                    help="comma-separated obs columns (categorical: one-hot, first level "
                         "dropped; numeric: centred and scaled)")
@@ -87,6 +89,10 @@ def _report(rows: list[dict], info: dict, out: str) -> None:
     print(f"{len(rows)} perturbations x {info['n_genes']:,} genes; "
           f"{sum(r['de_genes'] for r in rows)} DE pairs at FDR {info['parameters']['fdr']}; "
           f"{info['timings']['total']:.2f} s")
+    pooled = info.get("control_labels", [])
+    if len(pooled) > 1 and rows:
+        print(f"control: {len(pooled)} labels pooled ({', '.join(pooled)}), "
+              f"{rows[0]['control_cells']:,} cells")
     if info.get("skipped_groups"):
         sk = info["skipped_groups"]
         print(f"skipped {len(sk)} perturbation(s) below --min-cells: "

@@ -53,10 +53,40 @@ class Design:
                        categorical_only=categorical_only)
 
 
-def build(obs: dict, columns: list[str], groupby: str, control: str,
+POOL_SEPARATOR = "+"    # joins the labels of a pooled control into its group's name
+
+
+def control_labels(control) -> list[str]:
+    """The control labels `--control` / `control=` names: a label, several separated by
+    commas ("NTg1,NTg2", as the command line gives them), or a list or tuple of labels (a
+    label holding a comma can only be given so). Empty items (a trailing comma) are
+    ignored and a label given twice counts once; the order given is kept."""
+    if isinstance(control, str):
+        items = control.split(",")
+    elif isinstance(control, (list, tuple)) and all(isinstance(c, str) for c in control):
+        items = list(control)
+    else:
+        raise InputError(f"--control / control={control!r}: give a label, labels separated "
+                         "by commas, or a list of labels")
+    labels = list(dict.fromkeys(c for c in items if c))
+    if not labels:
+        raise InputError(f"--control / control={control!r}: give at least one label")
+    return labels
+
+
+def control_name(labels: list[str]) -> str:
+    """The name of the control group (`Design.labels[0]`): its label, or for several the
+    labels joined by '+' in the order given ("NTg1+NTg2"). The control is no comparison, so
+    the name appears in messages and the command line's summary, not in the table."""
+    return POOL_SEPARATOR.join(labels)
+
+
+def build(obs: dict, columns: list[str], groupby: str, control: list[str],
           covariates: list[str], min_cells: int) -> Design:
     """obs holds the columns the design uses (reader.read_obs); `columns` names every obs
-    column of the file. Groups are the labels as text."""
+    column of the file. Groups are the labels as text. The cells of every label in `control`
+    (control_labels) are pooled into one control group, code 0, as if the column gave them
+    one label: DESeq2 run on a condition factor whose control level merges those labels."""
     listing = ", ".join(columns)
     if groupby not in obs:
         raise InputError(f"--groupby '{groupby}' is not an obs column; obs columns are: "
@@ -71,27 +101,29 @@ def build(obs: dict, columns: list[str], groupby: str, control: str,
     if uniq.size == 0:
         raise InputError(f"--groupby '{groupby}' has no labelled cells")
     uniq = [str(u) for u in uniq]
-    if control not in uniq:
-        close = difflib.get_close_matches(control, list(uniq), n=3, cutoff=0.4)
-        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else (
-            f"; labels include {', '.join(repr(u) for u in uniq[:5])}")
-        raise InputError(f"--control '{control}' is not a label of '{groupby}'{hint}")
-    if len(uniq) == 1:
-        raise InputError(f"'{groupby}' has one label only ('{control}'); a screen needs control "
-                         "cells and at least one perturbation")
+    unknown = [c for c in control if c not in uniq]
+    if unknown:
+        raise InputError("; ".join(_unknown_control(c, uniq, groupby) for c in unknown))
+    name = control_name(control)
+    if set(uniq) <= set(control):
+        only = "one label only" if len(uniq) == 1 else "control labels only"
+        raise InputError(f"'{groupby}' has {only} ('{name}'); a screen needs control cells "
+                         "and at least one perturbation")
     n_by = dict(zip(uniq, counts, strict=True))
-    if n_by[control] < 2:
-        raise InputError(f"control '{control}' has {n_by[control]} cell; at least 2 control "
+    n_control = sum(int(n_by[c]) for c in control)
+    if n_control < 2:
+        raise InputError(f"control '{name}' has {n_control} cell; at least 2 control "
                          "cells are needed to estimate dispersions")
-    if n_by[control] < min_cells:
-        raise InputError(f"control '{control}' has {n_by[control]} cells, fewer than "
+    if n_control < min_cells:
+        raise InputError(f"control '{name}' has {n_control} cells, fewer than "
                          f"--min-cells {min_cells}; lower --min-cells or pick another control")
-    skipped = {u: int(n) for u, n in n_by.items() if u != control and n < min_cells}
-    kept = [control] + [u for u in uniq if u != control and u not in skipped]
+    others = [u for u in uniq if u not in control]
+    skipped = {u: int(n_by[u]) for u in others if n_by[u] < min_cells}
+    kept = [name] + [u for u in others if u not in skipped]
     if len(kept) == 1:
         raise InputError(f"every perturbation has fewer than --min-cells {min_cells} cells; "
                          "lower --min-cells")
-    position = {u: i for i, u in enumerate(kept)}
+    position = {u: i for i, u in enumerate(kept[1:], start=1)} | dict.fromkeys(control, 0)
     to_kept = np.array([position.get(str(t), -1) for t in text] or [-1], dtype=np.int64)
     code = np.full(codes.shape[0], -1, dtype=np.int64)
     code[present] = to_kept[codes[present]]
@@ -105,6 +137,14 @@ def build(obs: dict, columns: list[str], groupby: str, control: str,
     return Design(kept, 0, code, np.zeros((code.size, 0)), [], True, skipped,
                   int((~present).sum()), {cov: obs[cov] for cov in covariates}
                   ).on_analysed_cells()
+
+
+def _unknown_control(label: str, uniq: list[str], groupby: str) -> str:
+    """The refusal of a --control label that `groupby` lacks, with its closest labels."""
+    close = difflib.get_close_matches(label, uniq, n=3, cutoff=0.4)
+    hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else (
+        f"; labels include {', '.join(repr(u) for u in uniq[:5])}")
+    return f"--control '{label}' is not a label of '{groupby}'{hint}"
 
 
 def _covariates(sources: dict, cell_group: np.ndarray, control: int):

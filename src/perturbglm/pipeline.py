@@ -52,7 +52,7 @@ NUMERIC_COVARIATE_WARNING = 5_000   # control atoms above which a run warns (see
 @dataclass
 class Options:
     groupby: str
-    control: str
+    control: str | list[str] | tuple[str, ...]   # as given; see control_labels
     covariates: list[str] = field(default_factory=list)
     layer: str | None = None
     size_factors: str = "library"
@@ -68,6 +68,7 @@ class Options:
         """Refuse option values the analysis cannot use, naming the option as both the
         command line (--min-cells) and Python (min_cells=) spell it; whole numbers given as
         floats (3.0) become ints."""
+        self.control_labels()
         if self.dispersion not in ("per-comparison", "global"):
             raise InputError(f"--dispersion '{self.dispersion}': use per-comparison or global")
         if not (_is_real(self.min_mu) and math.isfinite(self.min_mu) and self.min_mu > 0):
@@ -83,10 +84,18 @@ class Options:
         sf_mod.parse(self.size_factors)
         memory.parse(self.max_memory)
 
+    def control_labels(self) -> list[str]:
+        """The labels pooled as the control (design.control_labels)."""
+        return design_mod.control_labels(self.control)
+
     def fingerprint(self) -> dict:
-        """The options that change the numbers (not memory, chunking or threads)."""
+        """The options that change the numbers (not memory, chunking or threads). The
+        control as its labels, so that "A,B", ["A", "B"] and ("A", "B") resume each other's
+        run; one label stays the string it was."""
         skip = ("max_memory", "chunk_cells", "threads")
-        return {k: v for k, v in asdict(self).items() if k not in skip}
+        labels = self.control_labels()
+        return {k: v for k, v in asdict(self).items() if k not in skip} | {
+            "control": labels[0] if len(labels) == 1 else labels}
 
 
 def _is_real(value) -> bool:
@@ -325,8 +334,8 @@ def _analyse(path: str, opts: Options, budget: int, out_dir: str, overwrite: boo
             raise InputError(f"obs has {n_obs} cells but the matrix has {src.n_cells}")
         if src.n_cells == 0 or src.n_genes == 0:
             raise InputError(f"the matrix is empty ({src.n_cells} cells x {src.n_genes} genes)")
-        des = design_mod.build(obs, columns, opts.groupby, opts.control, opts.covariates,
-                               opts.min_cells)
+        des = design_mod.build(obs, columns, opts.groupby, opts.control_labels(),
+                               opts.covariates, opts.min_cells)
         obs_sf = sf_mod.from_obs(obs, columns, column) if kind == "obs" else None
         obs_used = list(obs)
         del obs
@@ -445,6 +454,7 @@ def _analyse(path: str, opts: Options, budget: int, out_dir: str, overwrite: boo
         "renamed_genes": renamed,
         "n_cells": int(src.n_cells), "n_genes": int(src.n_genes), "matrix": src.key,
         "layout": src.layout, "cells_without_counts": int(empty.sum()),
+        "control_labels": opts.control_labels(),
         "cells_without_label": des.dropped_cells, "skipped_groups": des.skipped,
         "skipped_groups_without_counts": no_counts,
         "covariate_columns": des.covariate_names,

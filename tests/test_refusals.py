@@ -13,11 +13,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
+from conftest import SCREEN
 
 import perturbglm
 from perturbglm.cli import main
 from perturbglm.errors import InputError
-from perturbglm.pipeline import Options
+from perturbglm.pipeline import Options, run
 
 N_GENES = 8
 LABELS = ["NT"] * 30 + ["A"] * 20 + ["B"] * 10      # 60 cells; B is the smallest group
@@ -341,7 +342,7 @@ def test_unknown_layer_no_layers(tmp_path, capsys, screen):
 
 def test_bad_size_factor_spec(tmp_path, capsys, screen):
     refuse(tmp_path, capsys, screen, [*BASE, "--size-factors", "median"],
-           "'median'", "library, poscounts or obs:COLUMN")
+           "'median'", "library, poscounts, ratio or obs:COLUMN")
 
 
 def test_size_factor_column_missing(tmp_path, capsys, screen):
@@ -451,6 +452,91 @@ def test_poscounts_matches_deseq2(shape):
     expected = np.array([np.exp(np.median((logs[i] - log_geo)[pos[i] & np.isfinite(log_geo)]))
                          for i in range(x.shape[0])])
     expected /= np.exp(np.mean(np.log(expected)))
-    log_geo = sfm.log_geometric_means(logs.sum(axis=0), x.shape[0])
+    log_geo = sfm.log_geometric_means("poscounts", logs.sum(axis=0), pos.sum(axis=0),
+                                      x.shape[0])
     got = sfm.normalise(sfm.median_ratios(sp.csr_matrix(x), log_geo))
     np.testing.assert_allclose(got, expected, rtol=1e-12)
+
+
+def ratio_factors(x: np.ndarray) -> np.ndarray:
+    """DESeq2's estimateSizeFactorsForMatrix(type="ratio") on a dense cells x genes matrix:
+    loggeomeans = mean over cells of log y (-Inf for a gene with a zero), each cell's
+    exp(median of log y - loggeomeans over the finite genes), not rescaled."""
+    with np.errstate(divide="ignore"):
+        logs = np.log(x)
+    log_geo = logs.mean(axis=0)
+    finite = np.isfinite(log_geo)
+    return np.exp(np.median(logs[:, finite] - log_geo[finite], axis=1))
+
+
+@pytest.mark.parametrize("shape", [(5, 40), (40, 5)], ids=["wide", "tall"])
+def test_ratio_matches_deseq2(shape):
+    from perturbglm import size_factors as sfm
+
+    x = np.random.default_rng(4).poisson(8.0, size=shape).astype(np.float64)
+    x[0, 0] = 0.0                                          # gene 0 is left out
+    pos = x > 0
+    logs = np.log(np.where(pos, x, 1.0))
+    log_geo = sfm.log_geometric_means("ratio", logs.sum(axis=0), pos.sum(axis=0), x.shape[0])
+    assert np.isneginf(log_geo[0])
+    np.testing.assert_allclose(sfm.median_ratios(sp.csr_matrix(x), log_geo), ratio_factors(x),
+                               rtol=1e-12)
+
+
+def bulk_screen(path) -> tuple[str, np.ndarray]:
+    """40 analysed cells (NT, A, B) x 50 genes, no zero except gene 0 in one NT cell, plus 2
+    cells of a group C too small to analyse (min_cells=3) with zeros in genes 1-9, which
+    must not leave those genes out. Returns the path and DESeq2's ratio factors of the
+    analysed cells (1 for C's cells, which the analysis does not use)."""
+    rng = np.random.default_rng(7)
+    labels = ["NT"] * 16 + ["A"] * 12 + ["B"] * 12 + ["C"] * 2
+    depth = rng.uniform(0.3, 3.0, size=len(labels))
+    mu = np.outer(depth, rng.uniform(20.0, 200.0, size=50))
+    mu[np.array(labels) == "A", :5] *= 2.5
+    x = rng.negative_binomial(20, 20.0 / (20.0 + mu)).astype(np.float64) + 1.0
+    x[3, 0] = 0.0
+    x[-2:, 1:10] = 0.0
+    analysed = np.array(labels) != "C"
+    sf = np.ones(len(labels))
+    sf[analysed] = ratio_factors(x[analysed])
+    adata = ad.AnnData(
+        X=sp.csr_matrix(x.astype(np.float32)),
+        obs=pd.DataFrame({"perturbation": pd.Categorical(labels), "sf": sf},
+                         index=[f"cell{i}" for i in range(len(labels))]),
+        var=pd.DataFrame(index=[f"g{j}" for j in range(50)]))
+    adata.write_h5ad(path)
+    return str(path), sf
+
+
+def test_ratio_size_factors_end_to_end(tmp_path):
+    """--size-factors ratio runs, and its table is the one given DESeq2's ratio factors of
+    the analysed cells as an obs column: equal to 1e-12, not bit for bit, as the pipeline
+    sums the log counts in another order than numpy's mean."""
+    path, _ = bulk_screen(tmp_path / "bulk.h5ad")
+
+    def table(spec):
+        opts = Options(groupby="perturbation", control="NT", size_factors=spec)
+        run(path, opts, str(tmp_path / spec.replace(":", "_")))
+        return pd.read_parquet(tmp_path / spec.replace(":", "_") / "results.parquet")
+
+    ratio, given, library = table("ratio"), table("obs:sf"), table("library")
+    assert set(ratio["perturbation"]) == {"A", "B"} and len(ratio) == 100
+    num = ratio.select_dtypes("number").columns
+    pd.testing.assert_frame_equal(ratio, given, check_exact=False, rtol=1e-12, atol=1e-14)
+    assert not np.allclose(ratio[num].to_numpy(), library[num].to_numpy(), rtol=1e-6,
+                           equal_nan=True)
+
+
+def test_ratio_refused_when_every_gene_has_a_zero(tmp_path, capsys):
+    if not os.path.exists(SCREEN):
+        pytest.skip(f"real screen not found at {SCREEN}")
+    refuse(tmp_path, capsys, SCREEN, ["--groupby", "gene", "--control", "non-targeting",
+                                      "--size-factors", "ratio", "--quiet"],
+           "--size-factors ratio", "every gene has a zero", "--size-factors poscounts")
+
+
+@pytest.mark.parametrize("kind", ["poscounts", "ratio"])
+def test_median_ratio_size_factors_refuse_csc(tmp_path, capsys, kind):
+    path = write_screen(tmp_path / "csc.h5ad", x=counts() + 1, layout="csc")
+    refuse(tmp_path, capsys, path, [*BASE, "--size-factors", kind, "--quiet"],
+           f"--size-factors {kind}", "CSC", "tocsr()")

@@ -26,7 +26,7 @@ def _add_de(sub):
     p.add_argument("--layer", default=None,
                    help="counts in layers/NAME, or 'raw' for raw.X (default: X)")
     p.add_argument("--size-factors", default="library",
-                   help="library (default), poscounts, or obs:COLUMN")
+                   help="library (default), poscounts, ratio, or obs:COLUMN")
     p.add_argument("--dispersion", default="per-comparison", choices=["per-comparison", "global"],
                    help="per-comparison (DESeq2 on control + one perturbation, default) or "
                         "global (one dispersion per gene from all cells)")

@@ -2,7 +2,7 @@
 
 1. Metadata: obs columns used, the design, a memory plan (memory.py).
 2. One pass over the counts (scan.py), filing non-zeros by gene slab, in memory or spilled
-   to OUT.partial; a second pass only for poscounts size factors.
+   to OUT.partial; a second pass only for poscounts and ratio size factors.
 3. Stage A, per gene block: initial means, control tables, gene-wise dispersions.
 4. Trend and prior per comparison, across all genes (needs every block's stage A).
 5. Stage B, per gene block: MAP dispersions and Wald tests.
@@ -367,11 +367,12 @@ def _analyse(path: str, opts: Options, budget: int, out_dir: str, overwrite: boo
             chunk_cells = opts.chunk_cells or plan.chunk_cells(src.n_cells, nnz)
             totals, logsum = scan.first_pass(
                 f, src, des.cell_group, store, plan.chunk_nnz, chunk_cells,
-                None if plan.in_memory else ws, kind == "poscounts", progress)
+                None if plan.in_memory else ws, kind in ("poscounts", "ratio"), progress)
             if kind == "library":
                 sf = sf_mod.library(totals)
-            elif kind == "poscounts":
-                sf = scan.poscounts_pass(f, src, des.cell_group, logsum, chunk_cells, progress)
+            elif kind in ("poscounts", "ratio"):
+                sf = scan.median_ratio_pass(f, src, kind, des.cell_group, logsum,
+                                            store.gene_nnz, chunk_cells, progress)
             else:
                 sf = obs_sf
         except InputError:

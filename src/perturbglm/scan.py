@@ -2,13 +2,13 @@
 
 Pass 1 (always): reads the matrix once, sequentially, in cell chunks (CSR, dense) or gene
 slices (CSC), each read while the one before is processed; validates the values; sums each
-cell's counts (library size factors) and, for poscounts, each gene's log counts; files the
-non-zeros of analysed cells into the `Store`.
+cell's counts (library size factors) and, for poscounts and ratio, each gene's log counts;
+files the non-zeros of analysed cells into the `Store` (which counts them per gene).
 When the store spills to disk, the pass checkpoints every CHECKPOINT_SECONDS, so --resume
 continues from the last checkpoint rather than from the first cell.
 
-Pass 2 (size factors "poscounts" only, CSR or dense files): each cell's median ratio to the
-gene geometric means, which needs the means of pass 1 first.
+Pass 2 (size factors "poscounts" and "ratio" only, CSR or dense files): each cell's median
+ratio to the gene geometric means, which needs the means of pass 1 first.
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ CHECKPOINT_SECONDS = 20.0
 def _checkpoint(ws, store, position, totals, logsum, done=False):
     store.sync()
     ws.save_arrays("scan", position=np.array([position]), slab_nnz=store.nnz,
-                   slab_pieces=store.pieces, totals=totals, logsum=logsum,
+                   slab_pieces=store.pieces, gene_nnz=store.gene_nnz, totals=totals,
+                   logsum=logsum,
                    done=np.array([done]))
 
 
@@ -39,7 +40,8 @@ def _restore(ws, store, totals, logsum):
     no checkpoint, or spill files shorter than it says, the spill files are emptied and the
     pass starts from the first cell with the given (zero) totals and logsum."""
     if ws.has("scan"):
-        if store.truncate(ws.load("scan", "slab_nnz"), ws.load("scan", "slab_pieces")):
+        if store.truncate(ws.load("scan", "slab_nnz"), ws.load("scan", "slab_pieces"),
+                          ws.load("scan", "gene_nnz")):
             return (int(ws.load("scan", "position")[0]), ws.load("scan", "totals"),
                     ws.load("scan", "logsum"), bool(ws.load("scan", "done")[0]))
         warnings.warn(f"the spilled counts in '{ws.path}' are shorter than its read "
@@ -47,7 +49,7 @@ def _restore(ws, store, totals, logsum):
                       stacklevel=3)
         ws.remove("scan")
     empty = np.zeros(store.n_slabs, dtype=np.int64)
-    store.truncate(empty, empty)
+    store.truncate(empty, empty, np.zeros(store.n_genes, dtype=np.int64))
     return 0, totals, logsum, False
 
 
@@ -112,21 +114,25 @@ def _python_name(key: str) -> str:
     return "adata." + key.replace("/", ".")
 
 
-def poscounts_pass(f, src, cell_group, logsum, chunk_cells, progress=None):
-    """DESeq2's poscounts size factors of the analysed cells (0 for the others)."""
+def median_ratio_pass(f, src, kind, cell_group, logsum, positive, chunk_cells,
+                      progress=None):
+    """DESeq2's size factors of type `kind` ("poscounts" or "ratio"; see
+    size_factors.log_geometric_means) of the analysed cells, 0 for the others.
+    logsum, positive: per gene, the sum of log counts over analysed cells and the number of
+    analysed cells with a non-zero count (pass 1)."""
     if src.layout == "csc":
-        raise InputError(f"--size-factors poscounts needs cell-major storage, and '{src.key}' "
+        raise InputError(f"--size-factors {kind} needs cell-major storage, and '{src.key}' "
                          "is CSC; use library or obs:COLUMN, or rewrite the file with a CSR "
                          "matrix (adata.X = adata.X.tocsr())")
     keep = cell_group >= 0
-    log_geo = sf_mod.log_geometric_means(logsum, int(keep.sum()))
+    log_geo = sf_mod.log_geometric_means(kind, logsum, positive, int(keep.sum()))
     sf = np.zeros(src.n_cells)
     if progress:
-        progress("poscounts", 0, src.n_cells, "cells")
+        progress(kind, 0, src.n_cells, "cells")
     for start, chunk in iter_cell_chunks(f, src, chunk_cells):
         stop = start + chunk.shape[0]
         sf[start:stop] = sf_mod.median_ratios(chunk, log_geo)
         if progress:
-            progress("poscounts", stop, src.n_cells, "cells")
+            progress(kind, stop, src.n_cells, "cells")
     sf[~keep] = 0.0
-    return sf_mod.normalise(sf)
+    return sf_mod.normalise(sf) if kind == "poscounts" else sf

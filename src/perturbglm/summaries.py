@@ -56,6 +56,7 @@ class Store:
         self.folder = folder
         self.nnz = np.zeros(self.n_slabs, dtype=np.int64)
         self.pieces = np.zeros(self.n_slabs, dtype=np.int64)
+        self.gene_nnz = np.zeros(n_genes, dtype=np.int64)   # records filed per gene
         self._chunks = None if folder else []
         self._files = None
         if folder:
@@ -84,6 +85,7 @@ class Store:
             return Problem(int(kind), int(row), int(index))
         per_slab = np.diff(gene_ptr[self.bounds])
         self.nnz += per_slab
+        self.gene_nnz += np.diff(gene_ptr)
         self.pieces += per_slab > 0
         if self._chunks is not None:
             self._chunks.append((rec, gene_ptr))
@@ -112,10 +114,11 @@ class Store:
                     fh.close()
             self._files = None
 
-    def truncate(self, nnz: np.ndarray, pieces: np.ndarray) -> bool:
+    def truncate(self, nnz: np.ndarray, pieces: np.ndarray, gene_nnz: np.ndarray) -> bool:
         """Cut the spill files back to a checkpoint's record and piece counts (zeros empty
-        them). Returns False, changing nothing, if a file is shorter than the checkpoint
-        says (it never reached the disk whole): the read pass must then start again."""
+        them), and the per-gene record counts to the checkpoint's gene_nnz. Returns False,
+        changing nothing, if a file is shorter than the checkpoint says (it never reached
+        the disk whole): the read pass must then start again."""
         self.close()
         sizes = [(path, size) for s in range(self.n_slabs)
                  for path, size in zip(self._paths(s),
@@ -129,6 +132,7 @@ class Store:
                 os.truncate(path, size)
         self.nnz = np.asarray(nnz, dtype=np.int64).copy()
         self.pieces = np.asarray(pieces, dtype=np.int64).copy()
+        self.gene_nnz = np.asarray(gene_nnz, dtype=np.int64).copy()
         return True
 
     def segments(self, s0: int, s1: int):

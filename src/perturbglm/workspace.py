@@ -25,7 +25,7 @@ import numpy as np
 from . import outdir
 from .errors import InputError
 
-FORMAT = 5  # what the workspace holds; raised whenever a stage's saved arrays change
+FORMAT = 6  # what the workspace holds; raised whenever a stage's saved arrays change
 MANIFEST = "manifest.json"   # in each saved folder: every file's size and CRC-32
 SAMPLES = 64                 # slices of a large dataset's stored bytes hashed by the fingerprint
 SAMPLE_BYTES = 4096          # bytes per slice

@@ -132,12 +132,13 @@ def _check_workspace(partial: str) -> None:
                          "workspace; move it away or choose another --out")
 
 
-def empty_workspace(partial: str) -> None:
-    """Remove everything in OUT.partial but the lock file; the fingerprint last, so that a
-    kill on the way leaves a folder still recognisably a workspace."""
+def empty_workspace(partial: str, keep: tuple[str, ...] = ()) -> None:
+    """Remove everything in OUT.partial but the lock file (and the entries named in
+    `keep`); the fingerprint last, so that a kill on the way leaves a folder still
+    recognisably a workspace."""
     for name in sorted(os.listdir(partial), key=lambda n: n == FINGERPRINT):
         path = os.path.join(partial, name)
-        if name == LOCK:
+        if name == LOCK or name in keep:
             continue
         if os.path.isdir(path) and not os.path.islink(path):
             shutil.rmtree(path)

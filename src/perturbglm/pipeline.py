@@ -375,27 +375,11 @@ def _analyse(path: str, opts: Options, budget: int, out_dir: str, overwrite: boo
                                             store.gene_nnz, chunk_cells, progress)
             else:
                 sf = obs_sf
-        except InputError:
+            timings["read_counts"] = time.perf_counter() - t0 - timings["read_metadata"]
+            des, empty, no_counts = _analysed_design(des, sf)
+        except InputError:          # a refusal leaves nothing behind
             ws.discard()
             raise
-    timings["read_counts"] = time.perf_counter() - t0 - timings["read_metadata"]
-    empty = (des.cell_group >= 0) & ~(sf > 0)
-    des.cell_group[empty] = -1
-    counted = np.bincount(des.cell_group[des.cell_group >= 0], minlength=des.n_groups)
-    if counted[des.control] == 0:
-        ws.discard()
-        raise InputError(f"no control cell ('{des.labels[des.control]}') has any counts; "
-                         "check the matrix (--layer) and the --control label")
-    no_counts = [des.labels[k] for k in np.flatnonzero(counted == 0)]
-    des = des.without(np.flatnonzero(counted == 0))
-    if des.n_groups == 1:
-        ws.discard()
-        raise InputError("no perturbation has a cell with counts; check the matrix (--layer)")
-    try:
-        des = des.on_analysed_cells()
-    except InputError:
-        ws.discard()
-        raise
     at = summaries.atoms(des.cell_group, sf, des.covariates, des.categorical_only,
                          des.n_groups)
     n_control_atoms = int(np.diff(at.atom_ptr)[des.control])
@@ -471,6 +455,25 @@ def _analyse(path: str, opts: Options, budget: int, out_dir: str, overwrite: boo
                            path, t0, workspace.digest(print_))
     ws.discard()
     return written
+
+
+def _analysed_design(des: design_mod.Design, sf: np.ndarray):
+    """The design on the cells the run analyses: the labelled cells with counts (size
+    factor > 0), the groups that keep some, and the covariates checked and built on those
+    cells (Design.on_analysed_cells). Returns it, the mask of labelled cells left out for
+    having no counts and the labels of the groups dropped for the same reason; refuses a
+    control, or a screen whose perturbations all lack counts."""
+    empty = (des.cell_group >= 0) & ~(sf > 0)
+    des.cell_group[empty] = -1
+    counted = np.bincount(des.cell_group[des.cell_group >= 0], minlength=des.n_groups)
+    if counted[des.control] == 0:
+        raise InputError(f"no control cell ('{des.labels[des.control]}') has any counts; "
+                         "check the matrix (--layer) and the --control label")
+    no_counts = [des.labels[k] for k in np.flatnonzero(counted == 0)]
+    des = des.without(np.flatnonzero(counted == 0))
+    if des.n_groups == 1:
+        raise InputError("no perturbation has a cell with counts; check the matrix (--layer)")
+    return des.on_analysed_cells(), empty, no_counts
 
 
 def _trends(ws, cx: Context, n_blocks: int, chunk: int):

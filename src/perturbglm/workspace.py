@@ -194,7 +194,7 @@ class Workspace:
         (outdir.lock) has created: a fingerprint in it means an interrupted run."""
         self.path = path
         self._checked: set[str] = set()     # steps saved, or found intact, by this run
-        mark = os.path.join(path, "fingerprint.json")
+        mark = os.path.join(path, outdir.FINGERPRINT)
         if os.path.exists(mark):
             if resume:
                 old = _read_json(mark)
@@ -256,11 +256,10 @@ class Workspace:
         self._checked.discard(name)
 
     def clear(self) -> None:
-        """Remove every saved step but the fingerprint (and the run's lock), for a run that
-        starts again in place (its steps are tied to a plan that is lost)."""
-        for name in os.listdir(self.path):
-            if name not in ("fingerprint.json", outdir.LOCK):
-                self.remove(name)
+        """Remove every saved step but the fingerprint, for a run that starts again in
+        place (its steps are tied to a plan that is lost)."""
+        outdir.empty_workspace(self.path, keep=(outdir.FINGERPRINT,))
+        self._checked.intersection_update({outdir.FINGERPRINT})
 
     def save_json(self, name: str, obj: dict) -> None:
         """NAME.json holding `obj` and a checksum entry over it."""

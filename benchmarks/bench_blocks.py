@@ -22,7 +22,8 @@ from _measure import run
 CHILD = """
 import sys
 from dataclasses import replace
-from perturbglm import cli, memory
+from perturbglm import cli
+from perturbglm.io import memory
 plan = memory.plan
 memory.plan = lambda *a: replace(plan(*a), in_memory=sys.argv[1] == "memory",
                                  block_nnz=int(float(sys.argv[2])))

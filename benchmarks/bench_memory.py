@@ -17,7 +17,7 @@ import tempfile
 
 from _measure import run
 
-from perturbglm.memory import parse
+from perturbglm.io.memory import parse
 
 
 def main():

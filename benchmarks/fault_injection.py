@@ -30,7 +30,7 @@ from killpoints import killed, run_killed  # noqa: E402
 
 from perturbglm import simulate  # noqa: E402
 
-SETUP = ("from perturbglm import memory, scan\n"
+SETUP = ("from perturbglm.io import memory\nfrom perturbglm.io import scan\n"
          "memory.RECORD_BYTES, memory.BLOCK_BYTES = 10**9, 10**6\n"
          "memory.MIN_CHUNK_NNZ, memory.MIN_CHUNK_PER_GENE = 1, 0\n"
          "scan.CHECKPOINT_SECONDS = 0.0\n")
@@ -38,21 +38,21 @@ SETUP = ("from perturbglm import memory, scan\n"
 # the file system calls that make them atomic, the stages, the output and its swap into
 # place, and the removal of the workspace.
 TARGETS = [
-    ("perturbglm.summaries:Store.add", 8),
-    ("perturbglm.summaries:Store.sync", 9),
-    ("perturbglm.workspace:Workspace.save_arrays", 30),
-    ("perturbglm.workspace:Workspace.save_json", 3),
-    ("perturbglm.workspace:_write_npy", 150),
+    ("perturbglm.io.summaries:Store.add", 8),
+    ("perturbglm.io.summaries:Store.sync", 9),
+    ("perturbglm.io.workspace:Workspace.save_arrays", 30),
+    ("perturbglm.io.workspace:Workspace.save_json", 3),
+    ("perturbglm.io.workspace:_write_npy", 150),
     ("os:replace", 30),
     ("os:fsync", 200),
     ("shutil:rmtree", 20),
     ("perturbglm.pipeline:stage_a", 5),
     ("perturbglm.pipeline:stage_b", 5),
     ("perturbglm.pipeline:trend_chunk", 1),
-    ("perturbglm.output:write", 1),
-    ("perturbglm.outdir:_write_marker", 1),
-    ("perturbglm.outdir:_exchange", 1),
-    ("perturbglm.workspace:Workspace.discard", 1),
+    ("perturbglm.io.output:write", 1),
+    ("perturbglm.io.outdir:_write_marker", 1),
+    ("perturbglm.io.outdir:_exchange", 1),
+    ("perturbglm.io.workspace:Workspace.discard", 1),
     ("os:rename", 3),
 ]
 

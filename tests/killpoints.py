@@ -3,8 +3,8 @@ sends itself SIGKILL (as `kill -9` would: no cleanup, no flush of Python's buffe
 N-th call of a named function, before or after the call runs.
 
 The target is "module:attribute.path", patched where it is looked up: `os:replace` patches
-every caller of os.replace, `perturbglm.summaries:Store.add` a method, and a function
-imported by name must be patched in the importing module (`perturbglm.scan:check_counts`).
+every caller of os.replace, `perturbglm.io.summaries:Store.add` a method, and a function
+imported by name must be patched in the importing module (`perturbglm.io.scan:check_counts`).
 `setup` is extra Python run in the child before the command (e.g. to force spilling).
 """
 

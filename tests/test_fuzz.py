@@ -18,8 +18,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import perturbglm
-from perturbglm import memory
 from perturbglm.errors import InputError
+from perturbglm.io import memory
 
 FUZZ_EXAMPLES = int(os.environ.get("PERTURBGLM_FUZZ_EXAMPLES", "200"))
 

@@ -9,7 +9,8 @@ from scipy.special import digamma as sp_digamma
 from scipy.special import gammaln, polygamma
 from scipy.stats import false_discovery_control
 
-from perturbglm import hermite, kernels, special, summaries
+from perturbglm.io import summaries
+from perturbglm.nb import hermite, kernels, special
 from perturbglm.pipeline import bh
 
 
@@ -219,7 +220,7 @@ def test_cox_reid_determinant_with_covariates():
     """The Cox-Reid term with covariates, sum_k log D_k (profile) + log det S (schur_terms),
     is log det X'WX of the one-hot design with covariates, to rounding (exact atoms), and
     its theta derivatives match central differences (step 1e-4)."""
-    from perturbglm.stages import _log_det_terms
+    from perturbglm.nb.stages import _log_det_terms
 
     block, y, group, sf, z = _small_block(n=60, q=2)
     assert block.atoms.atom_stats[:, 1].max() == 1

@@ -12,7 +12,8 @@ import sys
 import numpy as np
 import pytest
 
-from perturbglm import memory, pipeline, simulate, summaries
+from perturbglm import pipeline, simulate
+from perturbglm.io import memory, summaries
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +25,8 @@ def screen(tmp_path_factory):
 
 PEAK = """
 import sys
-from perturbglm import cli, memory
+from perturbglm import cli
+from perturbglm.io import memory
 code = cli.main(sys.argv[1:])
 print(memory.resident(), file=sys.stderr)
 sys.exit(code)

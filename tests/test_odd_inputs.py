@@ -176,7 +176,7 @@ def test_rerun_is_identical(threads):
 def test_genes_with_one_common_mean():
     """Found by the long fuzz run: when every gene has the same mean the parametric trend's
     design is singular; the run falls back (as DESeq2 does) instead of failing."""
-    from perturbglm import trend
+    from perturbglm.nb import trend
 
     means = np.full(6, 2.0)
     disps = np.array([0.1, 0.2, 0.15, 0.3, 0.12, 0.25])
@@ -194,7 +194,7 @@ def test_obs_columns_read_as_anndata_reads_them(tmp_path):
     import h5py
     from anndata.io import read_elem
 
-    from perturbglm.reader import Categorical, read_obs
+    from perturbglm.io.reader import Categorical, read_obs
 
     n = 6
     obs = pd.DataFrame({

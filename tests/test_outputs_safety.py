@@ -16,9 +16,10 @@ import pytest
 from killpoints import killed, run_cli, run_killed
 from test_refusals import BASE, snapshot, write_screen
 
-from perturbglm import outdir, pipeline
+from perturbglm import pipeline
 from perturbglm.cli import main
 from perturbglm.errors import InputError
+from perturbglm.io import outdir
 from perturbglm.result import Result
 
 NEW, OLD = ".out.perturbglm-new", ".out.perturbglm-old"
@@ -170,15 +171,15 @@ def test_result_write_refuses_a_foreign_folder(tmp_path, screen):
 
 # ---------------------------------------------------------------- the swap, killed
 
-FALLBACK = "import perturbglm.outdir as o; o._exchange = lambda a, b: False"
+FALLBACK = "import perturbglm.io.outdir as o; o._exchange = lambda a, b: False"
 
 # (where the kill falls, swap used) -> what is at OUT afterwards
 KILLS = {
-    "before exchange": ("perturbglm.outdir:_exchange", 1, "before", "", "old"),
-    "after exchange": ("perturbglm.outdir:_exchange", 1, "after", "", "new"),
-    "fallback, before first rename": ("perturbglm.outdir:_move", 1, "before", FALLBACK, "old"),
-    "fallback, between renames": ("perturbglm.outdir:_move", 1, "after", FALLBACK, None),
-    "fallback, after second rename": ("perturbglm.outdir:_move", 2, "after", FALLBACK, "new"),
+    "before exchange": ("perturbglm.io.outdir:_exchange", 1, "before", "", "old"),
+    "after exchange": ("perturbglm.io.outdir:_exchange", 1, "after", "", "new"),
+    "fallback, before first rename": ("perturbglm.io.outdir:_move", 1, "before", FALLBACK, "old"),
+    "fallback, between renames": ("perturbglm.io.outdir:_move", 1, "after", FALLBACK, None),
+    "fallback, after second rename": ("perturbglm.io.outdir:_move", 2, "after", FALLBACK, "new"),
 }
 
 
@@ -211,7 +212,7 @@ def test_killed_while_writing_the_results(tmp_path, screen):
     """Killed while the new folder is being written (no marker yet): the next run removes
     it."""
     out = tmp_path / "out"
-    proc = run_killed(de(screen, out), "perturbglm.output:write_summary")
+    proc = run_killed(de(screen, out), "perturbglm.io.output:write_summary")
     assert killed(proc), proc.stderr
     assert not os.path.exists(out) and os.path.exists(tmp_path / NEW)
     assert main(de(screen, out, "--resume")) == 0
@@ -251,7 +252,7 @@ def test_second_run_refused_while_the_lock_is_held(tmp_path, capsys, screen):
 
 HOLDER = """
 import sys
-from perturbglm import outdir
+from perturbglm.io import outdir
 with outdir.lock(sys.argv[1]):
     print("held", flush=True)
     sys.stdin.read()

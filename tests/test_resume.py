@@ -15,11 +15,11 @@ from killpoints import killed, run_killed
 
 from perturbglm import pipeline, simulate
 
-SPILL = ("from perturbglm import memory, scan\n"
+SPILL = ("from perturbglm.io import memory\nfrom perturbglm.io import scan\n"
          "memory.RECORD_BYTES, memory.BLOCK_BYTES = 10**9, 10**6\n"    # spill; 5 gene blocks
          "memory.MIN_CHUNK_NNZ, memory.MIN_CHUNK_PER_GENE = 1, 0\n")    # chunks as asked
 CHECKPOINT_EVERY_CHUNK = "scan.CHECKPOINT_SECONDS = 0.0\n"
-NEVER = ("perturbglm.summaries:Store.add", 10**9)       # a kill point that is not reached
+NEVER = ("perturbglm.io.summaries:Store.add", 10**9)       # a kill point that is not reached
 N_CHUNKS = 8                                            # 3,000 cells read 400 at a time
 
 
@@ -68,7 +68,7 @@ def test_kill_while_reading_before_any_checkpoint(screen, reference, tmp_path, n
     """Spill files hold records that no checkpoint covers: they are emptied and the read
     pass starts again (appending to them made every later --resume crash)."""
     out = tmp_path / "o"
-    kill(screen, out, "perturbglm.summaries:Store.add", nth)
+    kill(screen, out, "perturbglm.io.summaries:Store.add", nth)
     assert not os.path.exists(os.path.join(str(out) + ".partial", "scan"))
     resume(screen, out)
     assert_identical(out, reference)
@@ -76,7 +76,7 @@ def test_kill_while_reading_before_any_checkpoint(screen, reference, tmp_path, n
 
 def test_kill_while_reading_after_checkpoints(screen, reference, tmp_path):
     out = tmp_path / "o"
-    kill(screen, out, "perturbglm.summaries:Store.add", 5,
+    kill(screen, out, "perturbglm.io.summaries:Store.add", 5,
          setup=SPILL + CHECKPOINT_EVERY_CHUNK)
     position = np.load(os.path.join(str(out) + ".partial", "scan", "position.npy"))
     assert position[0] == 1600                           # 4 chunks checkpointed, 5th past
@@ -104,7 +104,7 @@ def test_kill_after_the_results_are_in_place(screen, reference, tmp_path, when):
     workspace's fingerprint, which goes last), assembles the same table again and replaces
     them; without --resume OUT is not touched."""
     out = tmp_path / "o"
-    proc = run_killed(argv(screen, out), "perturbglm.workspace:Workspace.discard", 1,
+    proc = run_killed(argv(screen, out), "perturbglm.io.workspace:Workspace.discard", 1,
                       when, SPILL)
     assert killed(proc), proc.stderr
     assert os.path.isdir(str(out) + ".partial")
@@ -123,7 +123,7 @@ def test_spill_file_shorter_than_its_checkpoint(screen, reference, tmp_path):
     """A spill file that lost its tail (written but not on disk when the machine went down)
     cannot be continued from: the read pass starts again from the first cell."""
     out = tmp_path / "o"
-    kill(screen, out, "perturbglm.summaries:Store.add", 4,
+    kill(screen, out, "perturbglm.io.summaries:Store.add", 4,
          setup=SPILL + CHECKPOINT_EVERY_CHUNK)
     rec = os.path.join(str(out) + ".partial", "store", "slab00002.rec")
     os.truncate(rec, os.path.getsize(rec) // 2)
@@ -200,7 +200,8 @@ def test_counts_changed_in_place_are_refused(screen, tmp_path, hashed):
     with open(screen, "rb") as src, open(path, "wb") as dst:
         dst.write(src.read())
     out = tmp_path / "o"
-    setup = "from perturbglm import workspace\nworkspace.WHOLE_BYTES = 0\n" * (hashed == "sampled")
+    setup = ("from perturbglm.io import workspace\nworkspace.WHOLE_BYTES = 0\n"
+             * (hashed == "sampled"))
     kill(path, out, "perturbglm.pipeline:stage_b", 2, when="before", setup=SPILL + setup)
     before = os.stat(path)
     with h5py.File(path, "r+") as f:
@@ -215,7 +216,7 @@ def test_counts_changed_in_place_are_refused(screen, tmp_path, hashed):
 
 FULL_WHILE_SPILLING = SPILL + """
 import errno
-from perturbglm import summaries
+from perturbglm.io import summaries
 room = [150_000]          # bytes the disk takes before it is full
 
 class FillingFile:
@@ -240,7 +241,7 @@ summaries.open = FillingFile
 
 FULL_IN_STAGE_A = SPILL + """
 import errno
-from perturbglm import workspace
+from perturbglm.io import workspace
 write_npy, npy_writes = workspace._write_npy, [0]     # (killpoints' names: real, calls)
 
 def filling(fh, arr):

@@ -15,8 +15,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from perturbglm import memory, pipeline, scan, simulate, summaries
+from perturbglm import pipeline, simulate
 from perturbglm.errors import InputError
+from perturbglm.io import memory, scan, summaries
 
 RTOL = 1e-10
 
@@ -159,7 +160,8 @@ def test_resume_refuses_a_different_run(screen, tmp_path, monkeypatch):
 
 KILL_SCRIPT = """
 import sys, time
-from perturbglm import cli, memory, pipeline
+from perturbglm import cli, pipeline
+from perturbglm.io import memory
 memory.RECORD_BYTES, memory.BLOCK_BYTES = 10**9, 10**6   # spill; one slab per gene block
 real = pipeline.stage_b
 def slow(*args):

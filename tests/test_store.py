@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from perturbglm import summaries
+from perturbglm.io import summaries
 
 
 def _screen(seed=0, n=300, genes=200, groups=3):

@@ -9,8 +9,8 @@ import tempfile
 import time
 import warnings
 
-from . import memory, outdir
 from .errors import DiskFull, InputError
+from .io import memory, outdir
 
 
 def _add_de(sub):

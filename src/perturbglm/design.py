@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from .errors import InputError
-from .reader import is_numeric, levels
+from .io.reader import is_numeric, levels
 
 
 @dataclass

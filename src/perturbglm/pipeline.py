@@ -28,10 +28,10 @@ import numba
 import numpy as np
 
 from . import design as design_mod
-from . import memory, outdir, output, scan, special, stages, summaries, trend, workspace
 from . import size_factors as sf_mod
 from .errors import DiskFull, InputError
-from .reader import (
+from .io import memory, outdir, output, scan, summaries, workspace
+from .io.reader import (
     length,
     locate_counts,
     make_unique,
@@ -42,7 +42,8 @@ from .reader import (
     stored_dtypes,
     stored_nnz,
 )
-from .workspace import Workspace, fingerprint
+from .io.workspace import Workspace, fingerprint
+from .nb import special, stages, trend
 
 ALPHA_INIT = 0.5     # dispersion at which the initial means are fitted (DESeq2's alphaInit)
 MIN_DISP = trend.MIN_DISP

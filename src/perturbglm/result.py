@@ -6,7 +6,7 @@ import json
 import os
 import shutil
 
-from . import outdir, output
+from .io import outdir, output
 
 
 class Result:

@@ -89,7 +89,7 @@ def _version(name: str) -> str:
 def run_record(path, opts, info) -> dict:
     """run.json: the input, the parameters, the versions of the libraries this run loaded
     and what the pipeline reports (`info`)."""
-    from . import __version__
+    from .. import __version__
     deps = ("numpy", "scipy", "numba", "h5py", "anndata", "pandas", "pyarrow")
     return {
         "input": os.path.abspath(path),

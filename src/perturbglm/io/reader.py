@@ -18,7 +18,7 @@ from typing import NamedTuple
 import h5py
 import numpy as np
 
-from .errors import InputError
+from ..errors import InputError
 from .memory import min_chunk_nnz
 
 

@@ -20,7 +20,7 @@ from typing import NamedTuple
 import numpy as np
 from numba import get_num_threads, njit, prange
 
-from . import zero_terms
+from ..nb import zero_terms
 
 ATOM_BINS = 32         # size-factor bins per stratum of a large group
 EXACT_UP_TO = 32       # strata with at most this many cells keep one atom per cell

@@ -22,8 +22,8 @@ import zlib
 import h5py
 import numpy as np
 
+from ..errors import InputError
 from . import outdir
-from .errors import InputError
 
 FORMAT = 6  # what the workspace holds; raised whenever a stage's saved arrays change
 MANIFEST = "manifest.json"   # in each saved folder: every file's size and CRC-32

@@ -18,9 +18,9 @@ import warnings
 
 import numpy as np
 
-from . import size_factors as sf_mod
+from .. import size_factors as sf_mod
+from ..errors import InputError
 from . import summaries
-from .errors import InputError
 from .reader import check_counts, iter_cell_chunks, iter_gene_slices, malformed_matrix, read_ahead
 
 CHECKPOINT_SECONDS = 20.0

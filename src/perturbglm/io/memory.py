@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import InputError
+from ..errors import InputError
 
 DEFAULT = "4G"
 RECORD_BYTES = 8        # a stored non-zero (summaries.RECORD)
@@ -94,7 +94,8 @@ def _entry_kernels(covariates: bool, data_dtype, index_dtype) -> dict:
     without passes None; the read pass takes the file's value and index types)."""
     from numba import from_dtype, types
 
-    from . import special, stages, summaries, zero_terms
+    from ..nb import special, stages, zero_terms
+    from . import summaries
 
     schur = {"schur": (lambda t: not isinstance(t, types.NoneType)) if covariates
              else (lambda t: isinstance(t, types.NoneType))}

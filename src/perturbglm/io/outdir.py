@@ -27,7 +27,7 @@ import shutil
 import socket
 import sys
 
-from .errors import InputError
+from ..errors import InputError
 
 MARKER = ".perturbglm"      # in every results folder: {"version", "files"}
 RESULT_FILES = ("results.parquet", "summary.csv", "run.json")
@@ -307,7 +307,7 @@ def results_run(out_dir: str) -> str | None:
 
 
 def _write_marker(folder: str, run: str | None) -> None:
-    from . import __version__
+    from .. import __version__
 
     files = sorted(os.listdir(folder))
     with open(os.path.join(folder, MARKER), "w") as fh:

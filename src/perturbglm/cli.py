@@ -30,6 +30,9 @@ def _add_de(sub):
     p.add_argument("--dispersion", default="per-comparison", choices=["per-comparison", "global"],
                    help="per-comparison (DESeq2 on control + one perturbation, default) or "
                         "global (one dispersion per gene from all cells)")
+    p.add_argument("--test", default="wald", choices=["wald", "lrt"],
+                   help="wald (default) or lrt: DESeq2's likelihood-ratio test against the "
+                        "design without the perturbation (log2fc and lfc_se stay the MLE's)")
     p.add_argument("--min-cells", type=int, default=3,
                    help="skip (and report) perturbations with fewer cells (default 3)")
     p.add_argument("--min-mu", type=float, default=1e-6,
@@ -59,7 +62,7 @@ def _cmd_de(args) -> int:
         covariates=[c for c in args.covariates.split(",") if c], layer=args.layer,
         size_factors=args.size_factors, min_cells=args.min_cells, min_mu=args.min_mu,
         dispersion=args.dispersion, max_memory=args.max_memory, chunk_cells=args.chunk_cells,
-        threads=args.threads, fdr=args.fdr)
+        threads=args.threads, fdr=args.fdr, test=args.test)
     bar = None if args.quiet else Progress()
     try:
         written = pipeline.run(args.screen, opts, args.out, overwrite=args.overwrite,

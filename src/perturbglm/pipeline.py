@@ -43,7 +43,8 @@ from .io.reader import (
     stored_nnz,
 )
 from .io.workspace import Workspace, fingerprint
-from .nb import special, stages, trend
+from .nb import stages, trend
+from .steps import lrt as lrt_step
 
 ALPHA_INIT = 0.5     # dispersion at which the initial means are fitted (DESeq2's alphaInit)
 MIN_DISP = trend.MIN_DISP
@@ -64,6 +65,7 @@ class Options:
     chunk_cells: int | None = None
     threads: int | None = None
     fdr: float = 0.1
+    test: str = "wald"      # "lrt": DESeq2's nbinomLRT against the design without the perturbation
 
     def check(self):
         """Refuse option values the analysis cannot use, naming the option as both the
@@ -72,6 +74,8 @@ class Options:
         self.control_labels()
         if self.dispersion not in ("per-comparison", "global"):
             raise InputError(f"--dispersion '{self.dispersion}': use per-comparison or global")
+        if self.test not in lrt_step.TESTS:
+            raise InputError(f"--test / test={self.test!r}: use wald or lrt")
         if not (_is_real(self.min_mu) and math.isfinite(self.min_mu) and self.min_mu > 0):
             raise InputError(f"--min-mu / min_mu={self.min_mu!r}: give a positive finite "
                              "number (1e-6 by default, 0.5 for classic DESeq2)")
@@ -426,6 +430,10 @@ def _analyse(path: str, opts: Options, budget: int, out_dir: str, overwrite: boo
                                  for _, _, n in trend_names], axis=0)
             ws.save_arrays(f"b{i:05d}", **stage_b(blocks.get(i), a, dt, prior_var, var_log,
                                                   cx))
+        if cx.opts.test == "lrt" and not ws.has(f"l{i:05d}"):
+            inputs = {k: ws.load(f"b{i:05d}" if k == "disp" else f"a{i:05d}", k)
+                      for k in lrt_step.INPUTS}
+            ws.save_arrays(f"l{i:05d}", **lrt_step.lr_test(blocks.get(i), inputs, cx))
         if progress:
             progress("fitting", len(ranges) + i + 1, n_steps, "steps")
     timings["stage_b"] = time.perf_counter() - t1
@@ -533,8 +541,9 @@ def _table_chunks(ws, cx: Context, ranges, trend_names, step, progress):
             cols["disp_trend"] = np.concatenate(
                 [ws.load(n, "disp_trend", slice(max(c0, t0) - t0, min(c1, t1) - t0))
                  for t0, t1, n in trend_names if t0 < c1 and t1 > c0], axis=0)
-        stat = cols["lfc"] / cols["se"]
-        pval = special.two_sided_p(stat)
+        stat = (gather("l", "lrt_stat", rows) if cx.opts.test == "lrt"
+                else cols["lfc"] / cols["se"])
+        pval = lrt_step.pvalues(cx.opts.test, stat)
         padj = np.vstack([bh(p) for p in pval])
         cols.update(stat=stat, pvalue=pval, padj=padj,
                     pct_control=np.broadcast_to(pct_control, stat.shape))

@@ -420,6 +420,7 @@ def _analyse(path: str, opts: Options, budget: int, out_dir: str, overwrite: boo
     timings["trend"] = time.perf_counter() - t1
 
     t1 = time.perf_counter()
+    lrt_seconds = 0.0
     for i in range(len(ranges)):
         if not ws.has(f"b{i:05d}"):
             g0, g1 = blocks.genes(i)
@@ -431,12 +432,16 @@ def _analyse(path: str, opts: Options, budget: int, out_dir: str, overwrite: boo
             ws.save_arrays(f"b{i:05d}", **stage_b(blocks.get(i), a, dt, prior_var, var_log,
                                                   cx))
         if cx.opts.test == "lrt" and not ws.has(f"l{i:05d}"):
+            t2 = time.perf_counter()
             inputs = {k: ws.load(f"b{i:05d}" if k == "disp" else f"a{i:05d}", k)
                       for k in lrt_step.INPUTS}
             ws.save_arrays(f"l{i:05d}", **lrt_step.lr_test(blocks.get(i), inputs, cx))
+            lrt_seconds += time.perf_counter() - t2
         if progress:
             progress("fitting", len(ranges) + i + 1, n_steps, "steps")
-    timings["stage_b"] = time.perf_counter() - t1
+    timings["stage_b"] = time.perf_counter() - t1 - lrt_seconds
+    if cx.opts.test == "lrt":
+        timings["lrt"] = lrt_seconds
     store.close()
 
     labels = np.array(des.labels, dtype=object)

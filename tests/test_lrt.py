@@ -22,6 +22,7 @@ from conftest import REFERENCE, TARGETS
 from scipy.stats import chi2, nbinom
 
 import perturbglm
+from perturbglm import cli
 from perturbglm.compare import metrics
 
 MIN_MU = 1e-6
@@ -209,3 +210,18 @@ def test_null_calibration(null_screen, test, tested, below_05, below_01):
     assert len(p) == tested
     assert abs(int((p < 0.05).sum()) - below_05) <= 2, (p < 0.05).sum()
     assert abs(int((p < 0.01).sum()) - below_01) <= 2, (p < 0.01).sum()
+
+
+def test_command_line_flag(simulated, tmp_path):
+    """--test lrt on the command line gives the Python API's table, and the run records the
+    option and the step's time."""
+    path = simulated[0]
+    assert cli.main(["de", str(path), "--groupby", "gene", "--control", "control",
+                     "--size-factors", "obs:size_factor", "--test", "lrt", "--quiet",
+                     "--out", str(tmp_path / "out")]) == 0
+    written = perturbglm.Result.read(str(tmp_path / "out"))
+    api = perturbglm.de(path, groupby="gene", control="control",
+                        size_factors="obs:size_factor", test="lrt").table
+    np.testing.assert_array_equal(written.table["stat"], api["stat"])
+    assert written.run_info["parameters"]["test"] == "lrt"
+    assert written.run_info["timings"]["lrt"] > 0

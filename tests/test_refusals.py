@@ -383,7 +383,7 @@ def test_min_mu_not_positive_finite(tmp_path, capsys, screen, value):
 @pytest.mark.parametrize("option", [
     {"min_mu": np.inf}, {"min_mu": np.nan}, {"min_mu": "0.5"}, {"threads": 1.5},
     {"threads": 0}, {"chunk_cells": 2.5}, {"min_cells": "3"}, {"min_cells": True},
-    {"fdr": "0.1"},
+    {"fdr": "0.1"}, {"test": "score"},
 ], ids=repr)
 def test_option_values_from_python(tmp_path, screen, option):
     """Option values the command line's types would stop are refused from Python too, in one

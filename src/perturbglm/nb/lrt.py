@@ -139,35 +139,51 @@ def _separable_stat(theta, g, k, control, control_state, control_mom, base_mean,
 
 
 @njit(cache=True)
+def _reduced_terms(theta, ks, mom, b, c, data, minmu):
+    """Score and information of the reduced model with covariates (one intercept b for the
+    cells of both groups ks, coefficients c), in `kernels.joint_terms`' layout with a single
+    intercept: the full model's terms at equal intercepts, summed over the two groups."""
+    D, B, C, sb, sc = joint_terms(theta, ks, mom, np.full(2, b), c, data, minmu)
+    return ((D[:, 0] + D[:, 1]).reshape(2, 1), (B[:, 0] + B[:, 1]).reshape(2, 1, -1), C,
+            np.full(1, sb[0] + sb[1]), sc)
+
+
+@njit(cache=True)
 def reduced_fit(theta, ks, mom, b, c, data, minmu):
-    """The reduced model with covariates: one intercept b for the cells of both groups ks
-    and the coefficients c, fitted to the fixed point of DESeq2's floored IRLS (Fisher
-    scoring) from (b, c). Its score and information are the full model's (kernels.
-    joint_terms) at equal intercepts, summed over the two. Steps are capped at 5 and
-    coefficients at +-BETA_BOUND as in kernels.joint_fit; the fit ends when the Fisher step
-    is below 1e-10, where the log-likelihood is stationary to far below its rounding."""
+    """The reduced model with covariates fitted from (b, c) to the fixed point of DESeq2's
+    floored IRLS (Fisher scoring), with `kernels.joint_fit`'s steps: Newton steps on the
+    observed information where at most twice the Fisher step, and none after one that did
+    not shrink it; steps capped at 5, coefficients at +-BETA_BOUND; done when the Fisher
+    step is below 1e-10. Returns (b, c)."""
     c = c.copy()
-    both = np.empty(2)
+    newton = True
+    last = np.inf
     for _ in range(200):
-        both[:] = b
-        D, B, C, sb, sc = joint_terms(theta, ks, mom, both, c, data, minmu)
-        db, dc = _schur_step(np.full(1, D[0, 0] + D[0, 1]), (B[0, 0] + B[0, 1]).reshape(1, -1),
-                             C[0], np.full(1, sb[0] + sb[1]), sc)
+        D, B, C, sb, sc = _reduced_terms(theta, ks, mom, b, c, data, minmu)
+        db, dc = _schur_step(D[0], B[0], C[0], sb, sc)
+        big = max(abs(db[0]), np.max(np.abs(dc)) if c.shape[0] > 0 else 0.0)
+        if big >= 1e-10 and newton:
+            if big > last:
+                newton = False
+            elif D[1, 0] > 0.0:
+                nb, nc = _schur_step(D[1], B[1], C[1], sb, sc)
+                if max(abs(nb[0]), np.max(np.abs(nc)) if c.shape[0] > 0 else 0.0) <= 2.0 * big:
+                    db, dc = nb, nc
+        last = big
         step = max(abs(db[0]), np.max(np.abs(dc)) if c.shape[0] > 0 else 0.0)
         shrink = 5.0 / step if step > 5.0 else 1.0
         b = min(max(b + shrink * db[0], -BETA_BOUND), BETA_BOUND)
         c = np.minimum(np.maximum(c + shrink * dc, -BETA_BOUND), BETA_BOUND)
-        if step < 1e-10:
+        if big < 1e-10:
             break
     return b, c
 
 
 @njit(cache=True)
-def _covariate_stat(theta, g, k, control, control_mom, base_mean, b, coef, data, minmu):
+def _covariate_stat(theta, g, k, control, control_mom, b, coef, data, minmu):
     """LR statistic of group k against the control with covariates: the full model is the
     Wald test's joint fit (stages._wald_pair, from the same start: the initial fit, with a
-    group without counts started at its floored point), the reduced one `reduced_fit` from
-    log(base_mean) and the full fit's coefficients."""
+    group without counts started at its floored point), the reduced one `reduced_fit`."""
     ks = np.array([control, k])
     mom = np.concatenate((control_mom, group_moments(g, ks[1:], data)))
     start = b[g][ks]
@@ -175,7 +191,11 @@ def _covariate_stat(theta, g, k, control, control_mom, base_mean, b, coef, data,
         if not np.isfinite(start[i]):
             start[i] = floored_start(ks[i], data, minmu)
     bf, cf, _ = joint_fit(theta, ks, mom, start, coef[g], data, minmu)
-    br, cr = reduced_fit(theta, ks, mom, math.log(base_mean), cf, data, minmu)
+    # the reduced intercept starts at the full ones' average weighted by their Fisher
+    # information (the pooled estimate, to first order), c at the full fit's
+    D = joint_terms(theta, ks, mom, bf, cf, data, minmu)[0][0]
+    br, cr = reduced_fit(theta, ks, mom, (D[0] * bf[0] + D[1] * bf[1]) / (D[0] + D[1]), cf,
+                         data, minmu)
     n0 = control_mom.shape[0]
     full = (group_loglik(theta, control, bf[0], cf, control_mom, data)
             + group_loglik(theta, k, bf[1], cf, mom[n0:], data))
@@ -204,8 +224,8 @@ def lr_statistics(comps, control, theta, base_mean, b, coef, wald_table, theta_l
             if not (np.isfinite(th) and base_mean[g, j] > 0.0):
                 continue
             if wald_table is None:
-                out[g, j] = _covariate_stat(th, g, comps[j], control, control_mom,
-                                            base_mean[g, j], b, coef, data, minmu)
+                out[g, j] = _covariate_stat(th, g, comps[j], control, control_mom, b, coef,
+                                            data, minmu)
             else:
                 out[g, j] = _separable_stat(th, g, comps[j], control, control_state,
                                             control_mom, base_mean[g, j], wald_table,

@@ -26,11 +26,12 @@ def lr_test(block: GeneBlock, inputs: dict, cx) -> dict:
     comparison shares the gene's dispersion). cx: the pipeline.Context."""
     base_mean = inputs["base_mean"]
     theta = np.log(np.broadcast_to(inputs["disp"], base_mean.shape))
-    stat = lrt.lr_statistics(cx.comps, cx.des.control, np.ascontiguousarray(theta.T),
-                             np.ascontiguousarray(base_mean.T), inputs["b"], inputs["coef"],
-                             cx.without_covariates(inputs["wald_tab"]), cx.theta_lo,
-                             block.kernel_args(), float(cx.opts.min_mu))
-    return {"lrt_stat": stat.T}
+    pairs = lrt.Pairs(cx.comps, cx.des.control, np.ascontiguousarray(theta.T),
+                      np.ascontiguousarray(base_mean.T), inputs["b"], inputs["coef"],
+                      float(cx.opts.min_mu))
+    table = cx.without_covariates(inputs["wald_tab"])
+    control_mle = None if table is None else lrt.ControlMLE(table, cx.theta_lo)
+    return {"lrt_stat": lrt.lr_statistics(pairs, control_mle, block.kernel_args()).T}
 
 
 def pvalues(test: str, stat: np.ndarray) -> np.ndarray:

@@ -19,10 +19,11 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 from conftest import REFERENCE, TARGETS
+from killpoints import killed, run_killed
 from scipy.stats import chi2, nbinom
 
 import perturbglm
-from perturbglm import cli
+from perturbglm import cli, pipeline, simulate
 from perturbglm.compare import metrics
 
 MIN_MU = 1e-6
@@ -225,3 +226,30 @@ def test_command_line_flag(simulated, tmp_path):
     np.testing.assert_array_equal(written.table["stat"], api["stat"])
     assert written.run_info["parameters"]["test"] == "lrt"
     assert written.run_info["timings"]["lrt"] > 0
+
+
+def test_resume_after_a_kill_in_the_lrt_step(tmp_path):
+    """Killed (kill -9) as the LRT step starts its third of five gene blocks (the counts
+    spilled, as test_resume.py does), --resume keeps the two saved and gives the
+    uninterrupted run's table bit for bit."""
+    screen = str(tmp_path / "screen.h5ad")
+    simulate.simulate(3_000, 300, 8, seed=11)[0].write_h5ad(screen)
+    reference = tmp_path / "reference"
+    pipeline.run(screen, pipeline.Options(groupby="perturbation", control=simulate.CONTROL,
+                                          test="lrt"), str(reference))
+    spill = ("from perturbglm.io import memory\n"
+             "memory.RECORD_BYTES, memory.BLOCK_BYTES = 10**9, 10**6\n")   # 5 gene blocks
+    out = tmp_path / "out"
+    argv = ["de", screen, "--groupby", "perturbation", "--control", simulate.CONTROL,
+            "--test", "lrt", "--out", str(out), "--quiet"]
+    assert killed(run_killed(argv, "perturbglm.steps.lrt:lr_test", 3, "before", spill))
+    partial = str(out) + ".partial"
+    assert sorted(n for n in os.listdir(partial) if n.startswith("l0")) == ["l00000",
+                                                                            "l00001"]
+    resumed = run_killed(argv + ["--resume"], "perturbglm.steps.lrt:lr_test", 10**9,
+                         setup=spill)
+    assert resumed.returncode == 0, resumed.stderr
+    table = pd.read_parquet(out / "results.parquet")
+    assert table["stat"].notna().sum() > 0.5 * len(table)
+    pd.testing.assert_frame_equal(table, pd.read_parquet(reference / "results.parquet"),
+                                  check_exact=True)

@@ -150,6 +150,10 @@ class Context:
     def hi(self) -> np.ndarray:
         return np.log(self.max_disp)
 
+    @property
+    def search(self) -> stages.Search:
+        return stages.Search(self.lo, self.hi, self.theta_lo, float(self.opts.min_mu))
+
     def with_covariates(self, table: np.ndarray) -> np.ndarray | None:
         """A table the kernels take only with covariates (the control's Schur table); None
         without, so that numba compiles the covariate terms away."""
@@ -202,8 +206,8 @@ def stage_a(block: summaries.GeneBlock, cx: Context) -> dict:
                                          cx.lo, float(cx.hi.max()), cx.theta_lo, args)
         start = np.repeat(optimum[:, None], bm.shape[1], axis=1)
     start[~(bm > 0)] = np.nan
-    th_gene, curv = stages.dispersions(cx.dcomps, start, cx.lo, cx.hi, b, coef, prof,
-                                       cx.with_covariates(schur), cx.theta_lo, args, minmu)
+    th_gene, curv = stages.dispersions(cx.dcomps, start, stages.Fit(b, coef, prof),
+                                       cx.with_covariates(schur), cx.search, args)
     disp_gene = np.clip(np.exp(th_gene), MIN_DISP, cx.max_disp[None, :])
     curv[disp_gene != np.exp(th_gene)] = np.nan      # clipped: not the search's optimum
     return {"b": b, "coef": coef, "prof": prof, "schur": schur,
@@ -232,7 +236,6 @@ def stage_b(block: summaries.GeneBlock, a: dict, disp_trend: np.ndarray, prior_v
             var_log, cx: Context) -> dict:
     """MAP dispersions (DESeq2's rules for the start and for outliers) and Wald tests."""
     args = block.kernel_args()
-    minmu = float(cx.opts.min_mu)
     log_gene = np.log(a["disp_gene"].T)
     log_trend = np.log(disp_trend.T)
     # DESeq2 starts the MAP search at the gene-wise value unless it lies 10x below the trend.
@@ -248,11 +251,12 @@ def stage_b(block: summaries.GeneBlock, a: dict, disp_trend: np.ndarray, prior_v
     map_start[newton] -= (log_gene - log_trend)[newton] / (1.0 - curv[newton] * v[newton])
     map_start[~(a["bm"].T > 0)] = np.nan
     outlier = log_gene > log_trend + 2 * np.sqrt(var_log)[None, :]
-    theta, lfc, se = stages.final_and_wald(
-        cx.dcomps, cx.comps, cx.des.control, map_start, log_trend, prior_var, log_gene,
-        outlier, cx.lo, cx.hi, math.log(MIN_DISP), a["base_mean"].T > 0, a["b"], a["coef"],
-        a["prof"], cx.with_covariates(a["schur"]), cx.without_covariates(a["wald_tab"]),
-        cx.theta_lo, args, minmu)
+    fit = stages.Fit(a["b"], a["coef"], a["prof"])
+    prior = stages.Prior(log_trend, prior_var, log_gene, outlier, math.log(MIN_DISP))
+    theta = stages.final_dispersions(cx.dcomps, map_start, prior, fit,
+                                     cx.with_covariates(a["schur"]), cx.search, args)
+    lfc, se = stages.wald(cx.comps, cx.des.control, theta, a["base_mean"].T > 0, fit,
+                          cx.without_covariates(a["wald_tab"]), cx.search, args)
     disp = np.exp(theta)
     return {"disp": disp.T, "lfc": lfc.T / math.log(2), "se": se.T / math.log(2)}
 

@@ -99,13 +99,15 @@ def _entry_kernels(covariates: bool, data_dtype, index_dtype) -> dict:
 
     schur = {"schur": (lambda t: not isinstance(t, types.NoneType)) if covariates
              else (lambda t: isinstance(t, types.NoneType))}
+    wald = {"wald_table": (lambda t: isinstance(t, types.NoneType)) if covariates
+            else (lambda t: not isinstance(t, types.NoneType))}
     return {
         summaries._split: {"minor": lambda t: t.dtype == from_dtype(np.dtype(index_dtype)),
                            "data": lambda t: t.dtype == from_dtype(np.dtype(data_dtype))},
         summaries._records: {}, summaries._sort_part: {}, zero_terms.build: {},
         stages.normalised_sums: {}, stages.initial_fit: {}, stages.control_tables: {},
         stages.control_optimum: schur, stages.dispersions: schur,
-        stages.final_and_wald: schur, special.two_sided_p: {},
+        stages.final_dispersions: schur, stages.wald: wald, special.two_sided_p: {},
     }
 
 

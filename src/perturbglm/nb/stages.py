@@ -9,11 +9,14 @@
 2. `control_tables`: the control group's contribution, tabulated once per gene over a theta
    grid, so that no comparison revisits the control cells (DESIGN.md section 3).
 3. `dispersions`: the Cox-Reid adjusted dispersion MLE of each (gene, comparison).
-4. `final_and_wald`: with the trend as prior, the MAP dispersion, DESeq2's final choice,
-   and the Wald test of each comparison at it.
+4. `final_dispersions`: with the trend as prior, the MAP dispersion, DESeq2's final choice.
+5. `wald`: the Wald test of each comparison at its final dispersion.
+
+Kernels take the initial fit as a `Fit` and the search's bounds as a `Search`.
 """
 
 import math
+from collections import namedtuple
 
 import numpy as np
 from numba import njit, prange
@@ -35,6 +38,20 @@ PROFILE_STEP = 0.5  # theta spacing of the quintic Hermite table of the control 
 WALD_STEP = 1.0  # theta spacing of the cubic Hermite table of the control MLE
 FINAL_STEP = 1e-4  # a Newton step this small ends a dispersion search (see _maximise)
 INITIAL_MINMU = 0.5  # the floor of DESeq2's IRLS (fitNbinomGLMs) in its initial fit
+
+Fit = namedtuple("Fit", ["b", "coef", "prof"])
+Fit.__doc__ = """The fit dispersions are searched around: initial log means b (genes x
+groups), covariate coefficients coef (genes x q) and the control's profile table prof
+(genes x (value, d1, d2) x grid, see `control_tables`)."""
+Search = namedtuple("Search", ["lo", "hi", "theta_lo", "minmu"])
+Search.__doc__ = """Where dispersions are searched: theta in [lo, hi[j]] for dispersion
+comparison j; theta_lo, the first point of the control tables' theta grid; minmu, the floor
+on means (DESeq2's minmu)."""
+Prior = namedtuple("Prior", ["mean", "var", "gene_theta", "outlier", "min_theta"])
+Prior.__doc__ = """The MAP search's prior and DESeq2's rules around it: mean (genes x
+dispersion comparisons, the trend's theta), var (the prior variance of each comparison),
+gene_theta (the gene-wise thetas), outlier (genes kept at their gene-wise value) and
+min_theta (the lower clip of the final theta)."""
 
 
 @njit(cache=True, parallel=True)
@@ -249,112 +266,115 @@ def control_optimum(prof, schur, theta0, lo, hi, theta_lo, data):
 
 
 @njit(cache=True)
-def _search(g, comp, start, lo, hi, prior_mean, prior_var, b, coef, prof, schur, theta_lo,
-            data, minmu):
+def _search(g, comp, start, hi, prior_mean, prior_var, fit, schur, search, data):
     """The optimal theta of gene g in comparison comp (a group against the control, whose
-    part comes from its tables; -1: every group together) from `start`, the curvature
-    there (see `_maximise`) and the gene's `fixed_mu` state in the comparison's groups."""
+    part comes from its tables; -1: every group together) from `start`, in
+    [search.lo, hi], under the prior N(prior_mean, prior_var) (none when prior_var is 0);
+    the curvature there (see `_maximise`) and the gene's `fixed_mu` state in the
+    comparison's groups."""
     # Both cases as views of the same arrays: an if/else that allocated the empty control
     # table made numba merge unlike arrays and cost 20% of a search.
     ks = np.arange(data.G) if comp < 0 else np.full(1, comp, dtype=np.int64)
-    table = prof[g, :, :0] if comp < 0 else prof[g]
-    state = fixed_mu(ks, b[g][ks], coef[g], g, data)
+    table = fit.prof[g, :, :0] if comp < 0 else fit.prof[g]
+    state = fixed_mu(ks, fit.b[g][ks], fit.coef[g], g, data)
     if schur is None:
-        th, F2 = _maximise(start, lo, hi, state, table, None, theta_lo, prior_mean,
-                           prior_var, data, minmu)
+        th, F2 = _maximise(start, search.lo, hi, state, table, None, search.theta_lo,
+                           prior_mean, prior_var, data, search.minmu)
     else:
         own = schur[g, :, :, :, :0] if comp < 0 else schur[g]
-        th, F2 = _maximise(start, lo, hi, state, table, own, theta_lo, prior_mean,
-                           prior_var, data, minmu)
+        th, F2 = _maximise(start, search.lo, hi, state, table, own, search.theta_lo,
+                           prior_mean, prior_var, data, search.minmu)
     return th, F2, state
 
 
 @njit(cache=True, parallel=True)
-def dispersions(comps, start, lo, hi, b, coef, prof, schur, theta_lo, data, minmu):
+def dispersions(dcomps, start, fit, schur, search, data):
     """Gene-wise (Cox-Reid adjusted maximum-likelihood) theta of each gene in each
-    comparison `comps[j]` (see `_search`), searched from start[g, j]; NaN skips the pair.
-    hi[j] is the upper bound of comparison j. schur is the control's Schur table with
-    covariates, None without (numba then compiles the covariate terms away). Returns the
-    thetas and the profile's curvature at each (see `_maximise`)."""
-    n_genes = b.shape[0]
-    out = np.full((n_genes, comps.shape[0]), np.nan)
-    curv = np.full((n_genes, comps.shape[0]), np.nan)
+    dispersion comparison `dcomps[j]` (see `_search`), searched from start[g, j]; NaN skips
+    the pair. schur is the control's Schur table with covariates, None without (numba then
+    compiles the covariate terms away). Returns the thetas and the profile's curvature at
+    each (see `_maximise`)."""
+    n_genes = fit.b.shape[0]
+    out = np.full((n_genes, dcomps.shape[0]), np.nan)
+    curv = np.full((n_genes, dcomps.shape[0]), np.nan)
     for g in prange(n_genes):
-        for j in range(comps.shape[0]):
+        for j in range(dcomps.shape[0]):
             if np.isfinite(start[g, j]):
-                out[g, j], curv[g, j], _ = _search(g, comps[j], start[g, j], lo, hi[j], 0.0,
-                                                   0.0, b, coef, prof, schur, theta_lo, data,
-                                                   minmu)
+                out[g, j], curv[g, j], _ = _search(g, dcomps[j], start[g, j], search.hi[j],
+                                                   0.0, 0.0, fit, schur, search, data)
     return out, curv
 
 
+@njit(cache=True, parallel=True)
+def final_dispersions(dcomps, start, prior, fit, schur, search, data):
+    """DESeq2's final theta (estimateDispersionsMAP) of each gene in each dispersion
+    comparison dcomps[j]: the MAP estimate under the log-normal prior
+    N(prior.mean[g, j], prior.var[j]) around the trend, searched from start[g, j] (NaN skips
+    it) and clipped to [prior.min_theta, search.hi[j]], or the gene-wise prior.gene_theta
+    where prior.outlier[g, j] (a gene-wise estimate far above the trend keeps its value)."""
+    n_genes = fit.b.shape[0]
+    theta = np.full((n_genes, dcomps.shape[0]), np.nan)
+    for g in prange(n_genes):
+        for j in range(dcomps.shape[0]):
+            if not np.isfinite(start[g, j]):
+                continue
+            if prior.outlier[g, j]:
+                theta[g, j] = prior.gene_theta[g, j]
+                continue
+            th = _search(g, dcomps[j], start[g, j], search.hi[j], prior.mean[g, j],
+                         prior.var[j], fit, schur, search, data)[0]
+            theta[g, j] = min(max(th, prior.min_theta), search.hi[j])
+    return theta
+
+
 @njit(cache=True)
-def _wald_pair(th, g, k, control, b, coef, state, control_mom, wald_table, theta_lo, data,
-               minmu):
+def _wald_pair(th, g, k, control, fit, control_mom, wald_table, search, data):
     """Natural-log fold change of group k over the control for gene g at dispersion e^th,
     and its Fisher standard error; NaN where either group has no counts (the MLE lies at
-    the boundary). state: the gene's `fixed_mu` state in group k.
+    the boundary).
 
     Without covariates the groups are separable: the control's MLE and information come from
     its table, SE = sqrt(1/I_control + 1/I_group). With covariates (wald_table None, which
     numba compiles as its own case), as DESeq2 does, the control, the group and the
-    covariate coefficients are fitted jointly (from the initial fit b, coef; control_mom:
-    the control's counts per atom), and the SE comes from the joint information."""
+    covariate coefficients are fitted jointly (from the initial fit; control_mom: the
+    control's counts per atom), and the SE comes from the joint information."""
+    b = fit.b
     if not (np.isfinite(th) and np.isfinite(b[g, control]) and np.isfinite(b[g, k])):
         return np.nan, np.nan
     if wald_table is None:
         ks = np.array([control, k])
         mom = np.concatenate((control_mom, group_moments(g, ks[1:], data)))
-        bj, cj, _ = joint_fit(th, ks, mom, b[g][ks], coef[g], data, minmu)
-        D, B, C, _, _ = joint_terms(th, ks, mom, bj, cj, data, minmu)
+        bj, cj, _ = joint_fit(th, ks, mom, b[g][ks], fit.coef[g], data, search.minmu)
+        D, B, C, _, _ = joint_terms(th, ks, mom, bj, cj, data, search.minmu)
         return bj[1] - bj[0], math.sqrt(contrast_variance(D[0], B[0], C[0]))
     tab = wald_table[g]
-    b0 = cubic_hermite(th, theta_lo, WALD_STEP, tab[0], tab[1])
-    i0 = cubic_hermite(th, theta_lo, WALD_STEP, tab[2], tab[3])
-    bk, ik, _, _ = mle(th, state, data, minmu, np.nan)
+    b0 = cubic_hermite(th, search.theta_lo, WALD_STEP, tab[0], tab[1])
+    i0 = cubic_hermite(th, search.theta_lo, WALD_STEP, tab[2], tab[3])
+    own = fixed_mu(np.full(1, k, dtype=np.int64), b[g][k:k + 1], fit.coef[g], g, data)
+    bk, ik, _, _ = mle(th, own, data, search.minmu, np.nan)
     if i0 > 0.0 and ik > 0.0:
         return bk - b0, math.sqrt(1.0 / i0 + 1.0 / ik)
     return np.nan, np.nan
 
 
 @njit(cache=True, parallel=True)
-def final_and_wald(dcomps, comps, control, start, prior_mean, prior_var, gene_theta, outlier,
-                   lo, hi, min_theta, valid, b, coef, prof, schur, wald_table, theta_lo, data,
-                   minmu):
-    """Stage B for every gene: the final theta of each dispersion comparison dcomps[j] and
-    the Wald test of each comparison comps[j] at it.
-
-    The final theta is DESeq2's: the MAP estimate under the prior N(prior_mean[g, j],
-    prior_var[j]), searched from start[g, j] (NaN skips it) and clipped to
-    [min_theta, hi[j]], or the gene-wise gene_theta where outlier[g, j]. With one dispersion
-    per comparison, the search's state serves its Wald fit; with one for all groups
-    (dcomps = [-1]), comparisons with valid[g, j] use it. Returns (theta, lfc, se)."""
-    n_genes = b.shape[0]
-    theta = np.full((n_genes, dcomps.shape[0]), np.nan)
+def wald(comps, control, theta, valid, fit, wald_table, search, data):
+    """DESeq2's Wald test (nbinomWaldTest) of each comparison comps[i] of every gene at its
+    final theta: theta[g, i], or theta[g, 0] for all when theta has one column (one
+    dispersion for every comparison); pairs with valid[g, i] False are skipped (NaN).
+    wald_table: the control's MLE table without covariates, None with them (see
+    `_wald_pair`). Returns the natural-log fold changes and their standard errors."""
+    n_genes = fit.b.shape[0]
     lfc = np.full((n_genes, comps.shape[0]), np.nan)
     se = np.full((n_genes, comps.shape[0]), np.nan)
-    joint = dcomps[0] < 0
+    shared = theta.shape[1] == 1
     control_only = np.full(1, control, dtype=np.int64)
     for g in prange(n_genes):
         control_mom = (group_moments(g, control_only, data) if wald_table is None
                        else np.empty((0, 3)))
-        for j in range(dcomps.shape[0]):
-            if not np.isfinite(start[g, j]):
-                continue
-            th, _, state = _search(g, dcomps[j], start[g, j], lo, hi[j], prior_mean[g, j],
-                                   prior_var[j], b, coef, prof, schur, theta_lo, data, minmu)
-            th = gene_theta[g, j] if outlier[g, j] else min(max(th, min_theta), hi[j])
-            theta[g, j] = th
-            if joint:
-                for i in range(comps.shape[0]):
-                    if valid[g, i]:
-                        own = fixed_mu(np.full(1, comps[i], dtype=np.int64),
-                                       b[g][comps[i]:comps[i] + 1], coef[g], g, data)
-                        lfc[g, i], se[g, i] = _wald_pair(th, g, comps[i], control, b, coef,
-                                                         own, control_mom, wald_table,
-                                                         theta_lo, data, minmu)
-            else:
-                lfc[g, j], se[g, j] = _wald_pair(th, g, comps[j], control, b, coef, state,
-                                                 control_mom, wald_table, theta_lo, data,
-                                                 minmu)
-    return theta, lfc, se
+        for i in range(comps.shape[0]):
+            th = theta[g, 0] if shared else theta[g, i]
+            if valid[g, i] and np.isfinite(th):
+                lfc[g, i], se[g, i] = _wald_pair(th, g, comps[i], control, fit, control_mom,
+                                                 wald_table, search, data)
+    return lfc, se

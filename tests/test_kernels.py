@@ -11,7 +11,7 @@ from scipy.stats import false_discovery_control
 
 from perturbglm.io import summaries
 from perturbglm.nb import hermite, kernels, special
-from perturbglm.pipeline import bh
+from perturbglm.steps.pvalues import bh
 
 
 def test_two_sided_p_against_scipy():

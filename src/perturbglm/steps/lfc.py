@@ -1,0 +1,30 @@
+"""Step `lfc` (per gene block): the MLE log2 fold change of each perturbation over the
+control at the pair's final dispersion and its standard error from the Fisher information
+(the fit of DESeq2's nbinomWaldTest; PyDESeq2's fit_LFC), nb/stages.py `wald`. The tests
+(wald.py, lrt.py) take it from here."""
+
+from __future__ import annotations
+
+import math
+
+from ..io.summaries import GeneBlock
+from ..nb import stages
+from .base import BLOCK, Step
+from .context import Context
+
+
+def fit_lfc(block: GeneBlock, inputs: dict, cx: Context) -> dict:
+    """log2 fold changes and their SEs, comparisons x genes; NaN where the comparison has no
+    counts or either group has none (the MLE is at the boundary)."""
+    fit = stages.Fit(inputs["b"], inputs["coef"], inputs["prof"])
+    lfc, se = stages.wald(cx.comps, cx.des.control, inputs["theta"].T,
+                          inputs["base_mean"].T > 0, fit,
+                          cx.without_covariates(inputs["wald_tab"]), cx.search,
+                          block.kernel_args())
+    return {"lfc": lfc.T / math.log(2), "se": se.T / math.log(2)}
+
+
+def step() -> Step:
+    return Step("lfc", BLOCK, fit_lfc,
+                reads=("b", "coef", "prof", "wald_tab", "theta", "base_mean"),
+                writes=("lfc", "se"))

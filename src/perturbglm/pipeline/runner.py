@@ -96,7 +96,8 @@ class Runner:
         for n, step in enumerate(phase):
             name = self._entry(step, i)
             if not self.ws.has(name):
-                inputs = {k: kept[k] if k in kept else self.block_input(k, i)
+                inputs = {k: self._repeated(k, step, kept[k] if k in kept
+                                            else self.block_input(k, i))
                           for k in step.reads}
                 out = step.run(self.blocks.get(i), inputs, self.cx)
                 self.ws.save_arrays(name, **out)
@@ -114,6 +115,13 @@ class Runner:
                 self.ws.save_arrays(name, **step.run(inputs, self.cx, rows))
             self._tick(done + n + 1, total)
         return len(chunks)
+
+    def _repeated(self, key: str, step: Step, arr: np.ndarray) -> np.ndarray:
+        """`arr` with its single row repeated for every test, when `key` has one row per
+        dispersion comparison, one dispersion serves them all, and `step` runs over tests."""
+        if key in self.per_dispersion and self.cx.shared and step.rows != DISPERSIONS:
+            return np.repeat(arr[:1], self.cx.comps.size, axis=0)
+        return arr
 
     def block_input(self, key: str, i: int) -> np.ndarray:
         """Array `key` over block i's genes: a block step's output as saved, a comparison

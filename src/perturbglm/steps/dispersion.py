@@ -96,7 +96,7 @@ def final_dispersions(block: GeneBlock, inputs: dict, cx: Context) -> dict:
 def gene_step() -> Step:
     return Step("gene_dispersions", BLOCK, gene_dispersions,
                 reads=("b", "coef", "prof", "schur", "bm"), writes=("disp_gene", "curv_gene"),
-                per_dispersion=("disp_gene", "curv_gene"))
+                rows=DISPERSIONS, per_dispersion=("disp_gene", "curv_gene"))
 
 
 def trend_step() -> Step:
@@ -109,4 +109,4 @@ def final_step() -> Step:
     return Step("final_dispersions", BLOCK, final_dispersions,
                 reads=("b", "coef", "prof", "schur", "bm", "disp_gene", "curv_gene",
                        "disp_trend", "prior_var", "var_log"),
-                writes=("theta", "disp"), per_dispersion=("theta", "disp"))
+                writes=("theta", "disp"), rows=DISPERSIONS, per_dispersion=("theta", "disp"))

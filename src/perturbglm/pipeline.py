@@ -152,12 +152,8 @@ class Context:
 
     @property
     def search(self) -> stages.Search:
-        return stages.Search(self.lo, self.hi, self.theta_lo, float(self.opts.min_mu))
-
-    def with_covariates(self, table: np.ndarray) -> np.ndarray | None:
-        """A table the kernels take only with covariates (the control's Schur table); None
-        without, so that numba compiles the covariate terms away."""
-        return table if self.des.covariates.shape[1] else None
+        return stages.Search(self.lo, self.hi, self.theta_lo, float(self.opts.min_mu),
+                             self.des.control)
 
     def without_covariates(self, table: np.ndarray) -> np.ndarray | None:
         """A table the kernels take only without covariates (the control's MLE table); None
@@ -191,9 +187,11 @@ def stage_a(block: summaries.GeneBlock, cx: Context) -> dict:
     minmu = float(cx.opts.min_mu)
     group_n = cx.atoms.group_n
     norm = stages.normalised_sums(args)
-    b, coef = stages.initial_fit(math.log(ALPHA_INIT), ctrl, group_n, norm, args)
-    prof, schur, wald_tab = stages.control_tables(cx.theta_lo, cx.n_prof, cx.n_wald, ctrl, b,
-                                                  coef, args, minmu)
+    b, control_b, coef, control_coef = stages.initial_fit(math.log(ALPHA_INIT), ctrl,
+                                                          cx.dcomps, group_n, norm, args)
+    prof, wald_tab = stages.control_tables(cx.theta_lo, cx.n_prof, cx.n_wald, ctrl, b, args,
+                                           minmu)
+    fit = stages.Fit(b, control_b, coef, prof)
     n_nz = np.diff(block.nz_ptr).reshape(-1, cx.des.n_groups)
     pct = 100.0 * n_nz / group_n[None, :]
     cells_cmp = group_n[ctrl] + group_n[cx.comps]
@@ -202,15 +200,14 @@ def stage_a(block: summaries.GeneBlock, cx: Context) -> dict:
     if cx.dcomps[0] < 0:
         start = np.full(bm.shape, math.log(ALPHA_INIT))
     else:
-        optimum = stages.control_optimum(prof, cx.with_covariates(schur), math.log(ALPHA_INIT),
-                                         cx.lo, float(cx.hi.max()), cx.theta_lo, args)
+        optimum = stages.control_optimum(ctrl, math.log(ALPHA_INIT), fit, control_coef,
+                                         cx.search, args)
         start = np.repeat(optimum[:, None], bm.shape[1], axis=1)
     start[~(bm > 0)] = np.nan
-    th_gene, curv = stages.dispersions(cx.dcomps, start, stages.Fit(b, coef, prof),
-                                       cx.with_covariates(schur), cx.search, args)
+    th_gene, curv = stages.dispersions(cx.dcomps, start, fit, cx.search, args)
     disp_gene = np.clip(np.exp(th_gene), MIN_DISP, cx.max_disp[None, :])
     curv[disp_gene != np.exp(th_gene)] = np.nan      # clipped: not the search's optimum
-    return {"b": b, "coef": coef, "prof": prof, "schur": schur,
+    return {"b": b, "control_b": control_b, "coef": coef, "prof": prof,
             "wald_tab": wald_tab, "curv_gene": curv.T,
             "disp_gene": disp_gene.T, "bm": bm.T, "base_mean": base_mean.T,
             "pct_perturbed": pct[:, cx.comps].T, "pct_control": pct[:, ctrl]}
@@ -251,11 +248,10 @@ def stage_b(block: summaries.GeneBlock, a: dict, disp_trend: np.ndarray, prior_v
     map_start[newton] -= (log_gene - log_trend)[newton] / (1.0 - curv[newton] * v[newton])
     map_start[~(a["bm"].T > 0)] = np.nan
     outlier = log_gene > log_trend + 2 * np.sqrt(var_log)[None, :]
-    fit = stages.Fit(a["b"], a["coef"], a["prof"])
+    fit = stages.Fit(a["b"], a["control_b"], a["coef"], a["prof"])
     prior = stages.Prior(log_trend, prior_var, log_gene, outlier, math.log(MIN_DISP))
-    theta = stages.final_dispersions(cx.dcomps, map_start, prior, fit,
-                                     cx.with_covariates(a["schur"]), cx.search, args)
-    lfc, se = stages.wald(cx.comps, cx.des.control, theta, a["base_mean"].T > 0, fit,
+    theta = stages.final_dispersions(cx.dcomps, map_start, prior, fit, cx.search, args)
+    lfc, se = stages.wald(cx.comps, theta, a["base_mean"].T > 0, fit,
                           cx.without_covariates(a["wald_tab"]), cx.search, args)
     disp = np.exp(theta)
     return {"disp": disp.T, "lfc": lfc.T / math.log(2), "se": se.T / math.log(2)}
@@ -424,7 +420,7 @@ def _analyse(path: str, opts: Options, budget: int, out_dir: str, overwrite: boo
         if not ws.has(f"b{i:05d}"):
             g0, g1 = blocks.genes(i)
             a = {k: ws.load(f"a{i:05d}", k) for k in
-                 ("b", "coef", "prof", "schur", "wald_tab", "disp_gene", "curv_gene", "bm",
+                 ("b", "control_b", "coef", "prof", "wald_tab", "disp_gene", "curv_gene", "bm",
                   "base_mean")}
             dt = np.concatenate([ws.load(n, "disp_trend", cols=slice(g0, g1))
                                  for _, _, n in trend_names], axis=0)

@@ -530,3 +530,16 @@ def contrast_variance(D, B, C):
     u = B[1] / D[1] - B[0] / D[0]
     spread = np.dot(u, np.linalg.solve(_schur_complement(D, B, C), u)) if C.shape[0] else 0.0
     return 1.0 / D[0] + 1.0 / D[1] + spread
+
+
+@njit(cache=True)
+def contrast_variances(D, B, C, base):
+    """Variance of b[i] - b[base] for every group i of the joint information (D, B, C) of
+    `joint_terms` (q > 0), as `contrast_variance` for many groups: the Schur complement S
+    is inverted once, so that each contrast costs O(q^2)."""
+    S_inv = np.linalg.inv(_schur_complement(D, B, C))
+    out = np.empty(D.shape[0])
+    for i in range(D.shape[0]):
+        u = B[i] / D[i] - B[base] / D[base]
+        out[i] = 1.0 / D[i] + 1.0 / D[base] + np.dot(u, S_inv @ u)
+    return out

@@ -26,6 +26,7 @@ from .hermite import cubic_hermite, quintic_hermite
 from .joint_initial import gene_fits
 from .kernels import (
     contrast_variance,
+    contrast_variances,
     fixed_mu,
     group_moments,
     joint_fit,
@@ -357,20 +358,53 @@ def _wald_pair(th, g, j, k, fit, control_mom, wald_table, search, data):
     return np.nan, np.nan
 
 
+@njit(cache=True)
+def _wald_all_groups(th, g, comps, valid, fit, search, data):
+    """With covariates and one dispersion (and one initial fit) for every comparison,
+    dispersion="global": DESeq2's Wald test on all cells at once (design ~ group +
+    covariates): every group's intercept and the shared coefficients fitted jointly at
+    dispersion e^th from the global initial fit, each comparison's fold change
+    b_k - b_control with its variance from the joint information. Returns the rows of
+    `wald` (NaN where valid is False or either group has no counts)."""
+    lfc = np.full(comps.shape[0], np.nan)
+    se = np.full(comps.shape[0], np.nan)
+    control = search.control
+    if not (np.isfinite(th) and np.isfinite(fit.b[g, control])):
+        return lfc, se
+    ks = np.flatnonzero(np.isfinite(fit.b[g]))
+    mom = group_moments(g, ks, data)
+    b, c, _ = joint_fit(th, ks, mom, fit.b[g][ks], fit.coef[g, 0], data, search.minmu)
+    D, B, C, _, _ = joint_terms(th, ks, mom, b, c, data, search.minmu)
+    where = np.full(data.G, -1)
+    where[ks] = np.arange(ks.shape[0])
+    var = contrast_variances(D[0], B[0], C[0], where[control])
+    for i in range(comps.shape[0]):
+        k = where[comps[i]]
+        if valid[i] and k >= 0:
+            lfc[i] = b[k] - b[where[control]]
+            se[i] = math.sqrt(var[k])
+    return lfc, se
+
+
 @njit(cache=True, parallel=True)
 def wald(comps, theta, valid, fit, wald_table, search, data):
     """DESeq2's Wald test (nbinomWaldTest) of each comparison comps[i] of every gene at its
     final theta: theta[g, i], or theta[g, 0] for all when theta has one column (one
-    dispersion, and one initial fit, for every comparison); pairs with valid[g, i] False
-    are skipped (NaN). wald_table: the control's MLE table without covariates, None with
-    them (see `_wald_pair`). Returns the natural-log fold changes and their standard
-    errors."""
+    dispersion, and one initial fit, for every comparison: with covariates the test then
+    fits every group at once, `_wald_all_groups`; with a single comparison that is the same
+    fit); pairs with valid[g, i] False are skipped (NaN). wald_table: the control's MLE
+    table without covariates, None with them (see `_wald_pair`). Returns the natural-log
+    fold changes and their standard errors."""
     n_genes = fit.b.shape[0]
     lfc = np.full((n_genes, comps.shape[0]), np.nan)
     se = np.full((n_genes, comps.shape[0]), np.nan)
     shared = theta.shape[1] == 1
     control_only = np.full(1, search.control, dtype=np.int64)
     for g in prange(n_genes):
+        if shared and wald_table is None:
+            lfc[g], se[g] = _wald_all_groups(theta[g, 0], g, comps, valid[g], fit, search,
+                                             data)
+            continue
         control_mom = (group_moments(g, control_only, data) if wald_table is None
                        else np.empty((0, 3)))
         for i in range(comps.shape[0]):

@@ -9,7 +9,16 @@ weigh most in them; a fit that takes them from the control cells alone gives dis
 
 Targets (median over estimable genes, reference lfcSE <= 10, as compare.metrics): relative
 difference of final dispersions, log2 fold changes and their SEs within 1%, of p-values
-within 2%.
+within 2%. Also gene-wise dispersions within 0.1%: both sides maximise the same Cox-Reid
+profile at the same fixed means, so what is left is DESeq2's line-search tolerance (and,
+on a few genes where its search did not converge, its grid fallback: medians ignore those).
+
+Measured (IFNGR1, IFNGR2, IRF1), medians: gene-wise dispersions 0.002%, 0.003%, 0.004%
+(with coefficients from the control cells alone: 0.52%, 0.44%, 0.30%); final dispersions
+0.35%, 0.72%, 0.72% (0.81%, 1.12%, 1.03%; what is left comes from the trend, whose fit
+differs by 2-6% here); log2fc 0.03%, 0.05%, 0.11%; SE 0.08%, 0.19%, 0.19%; p-values
+0.10%, 0.23%, 0.17% (0.22%, 0.41%, 0.23%); worst gene 12%, 32%, 95% (was ~100x, ~700x,
+138%).
 """
 
 import os
@@ -56,6 +65,7 @@ def agreement(result, target: str) -> dict:
 def test_minority_control_matches_deseq2(minority, target):
     m = agreement(minority, target)
     assert m["n_estimable"] > 200, m
+    assert m["dispersion_gene"] <= 0.001, m
     assert m["dispersion"] <= 0.01, m
     assert m["log2fc"] <= 0.01, m
     assert m["lfc_se"] <= 0.01, m

@@ -200,8 +200,8 @@ def stage_a(block: summaries.GeneBlock, cx: Context) -> dict:
     if cx.dcomps[0] < 0:
         start = np.full(bm.shape, math.log(ALPHA_INIT))
     else:
-        optimum = stages.control_optimum(ctrl, math.log(ALPHA_INIT), fit, control_coef,
-                                         cx.search, args)
+        optimum = stages.control_optimum(math.log(ALPHA_INIT), fit, control_coef, cx.search,
+                                         args)
         start = np.repeat(optimum[:, None], bm.shape[1], axis=1)
     start[~(bm > 0)] = np.nan
     th_gene, curv = stages.dispersions(cx.dcomps, start, fit, cx.search, args)

@@ -235,7 +235,7 @@ def _maximise(theta0, lo, hi, state, table, theta_lo, prior_mean, prior_var, dat
 
 
 @njit(cache=True, parallel=True)
-def control_optimum(control, theta0, fit, control_coef, search, data):
+def control_optimum(theta0, fit, control_coef, search, data):
     """Per gene, the theta that maximises the control group's own profile: its table without
     covariates; with them, its profile at the control cells' own fit (intercept
     fit.b[:, control], coefficients control_coef, see `initial_fit`). Every comparison's
@@ -247,7 +247,7 @@ def control_optimum(control, theta0, fit, control_coef, search, data):
     hi = search.hi.max()
     for g in prange(n_genes):
         if data.atom_z.shape[1] > 0:
-            ks = np.full(1, control, dtype=np.int64)
+            ks = np.full(1, search.control, dtype=np.int64)
             own = fixed_mu(ks, fit.b[g][ks], control_coef[g], g, data)
             out[g] = _maximise(theta0, search.lo, hi, own, fit.prof[g, :, :0], search.theta_lo,
                                0.0, 0.0, data, search.minmu)[0]

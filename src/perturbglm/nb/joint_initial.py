@@ -67,9 +67,10 @@ def gene_fits(theta0, g, control, dcomps, data):
     dcomps[j]; -1: every group at once), from the control's own fit, with each group's
     intercept started at its MLE given the control's coefficients.
 
-    Returns b (groups: each group's intercept in its comparison's fit, the control's in its
-    own fit), control_b (dispersion comparisons: the control's intercept in each), coef
-    (dispersion comparisons x q) and the control's own coefficients."""
+    Returns b (groups: each group's intercept in its comparison's fit and the control's in
+    its own fit; with dcomps [-1], every group's in the one fit), control_b (dispersion
+    comparisons: the control's intercept in each), coef (dispersion comparisons x q) and
+    the control's own coefficients."""
     b_control, c_control = control_fit(theta0, g, control, data)
     b = np.empty(data.G)
     for k in range(data.G):

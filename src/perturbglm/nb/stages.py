@@ -45,7 +45,8 @@ FINAL_STEP = 1e-4  # a Newton step this small ends a dispersion search (see _max
 Fit = namedtuple("Fit", ["b", "control_b", "coef", "prof"])
 Fit.__doc__ = """The fit dispersions are searched around, one per dispersion comparison j
 (see `initial_fit`): initial log means b (genes x groups, each group's intercept in its
-comparison's fit), control_b (genes x j, the control's intercept in each), covariate
+comparison's fit; the control's in its own fit, or in the one fit of every group),
+control_b (genes x j, the control's intercept in each), covariate
 coefficients coef (genes x j x q) and the control's table prof (genes x (value, d1, d2) x
 grid, see `control_tables`)."""
 Search = namedtuple("Search", ["lo", "hi", "theta_lo", "minmu", "control"])

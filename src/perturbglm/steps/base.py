@@ -30,10 +30,10 @@ DISPERSIONS = "dispersions"      # rows: the dispersion comparisons (Context.dco
 @dataclass(frozen=True)
 class Step:
     """One step: `name` (its workspace entries), `scope` (BLOCK or COMPARISONS), `run`,
-    the arrays it reads and writes, which rows its per-pair arrays have (TESTS or
-    DISPERSIONS), and which of its outputs have a row per dispersion comparison rather than
-    per test. The two differ with one dispersion for every comparison: a single row, which
-    the runner repeats for a step over TESTS that reads it."""
+    the arrays it reads and writes, which rows its inputs have (TESTS or DISPERSIONS), and
+    which of its outputs have a row per dispersion comparison rather than per test. The two
+    differ with one dispersion for every comparison: a single row, which the runner repeats
+    for a step over TESTS that reads it, and gives as stored to a step over DISPERSIONS."""
 
     name: str
     scope: str

@@ -48,12 +48,8 @@ class Context:
 
     @property
     def search(self) -> stages.Search:
-        return stages.Search(self.lo, self.hi, self.theta_lo, float(self.opts.min_mu))
-
-    def with_covariates(self, table: np.ndarray) -> np.ndarray | None:
-        """A table the kernels take only with covariates (the control's Schur table); None
-        without, so that numba compiles the covariate terms away."""
-        return table if self.des.covariates.shape[1] else None
+        return stages.Search(self.lo, self.hi, self.theta_lo, float(self.opts.min_mu),
+                             self.des.control)
 
     def without_covariates(self, table: np.ndarray) -> np.ndarray | None:
         """A table the kernels take only without covariates (the control's MLE table); None

@@ -22,6 +22,12 @@ from ..nb import trend as trend_mod
 from .base import BLOCK, COMPARISONS, DISPERSIONS, Step
 from .context import ALPHA_INIT, MIN_DISP, Context
 
+FIT = ("b", "control_b", "coef", "prof")     # the arrays of a stages.Fit, from step initial
+
+
+def _fit(inputs: dict) -> stages.Fit:
+    return stages.Fit(*(inputs[k] for k in FIT))
+
 
 def gene_dispersions(block: GeneBlock, inputs: dict, cx: Context) -> dict:
     """Gene-wise dispersions (DESeq2's dispGeneEst), clipped to [MIN_DISP, max_disp], and
@@ -29,17 +35,16 @@ def gene_dispersions(block: GeneBlock, inputs: dict, cx: Context) -> dict:
     Every search starts at the control's own optimum (the control's cells dominate a
     comparison's profile), or at ALPHA_INIT with one dispersion for all groups."""
     args = block.kernel_args()
-    fit = stages.Fit(inputs["b"], inputs["coef"], inputs["prof"])
-    schur = cx.with_covariates(inputs["schur"])
+    fit = _fit(inputs)
     bm = inputs["bm"].T
     if cx.shared:
         start = np.full(bm.shape, math.log(ALPHA_INIT))
     else:
-        optimum = stages.control_optimum(fit.prof, schur, math.log(ALPHA_INIT), cx.lo,
-                                         float(cx.hi.max()), cx.theta_lo, args)
+        optimum = stages.control_optimum(math.log(ALPHA_INIT), fit, inputs["control_coef"],
+                                         cx.search, args)
         start = np.repeat(optimum[:, None], bm.shape[1], axis=1)
     start[~(bm > 0)] = np.nan
-    th_gene, curv = stages.dispersions(cx.dcomps, start, fit, schur, cx.search, args)
+    th_gene, curv = stages.dispersions(cx.dcomps, start, fit, cx.search, args)
     disp_gene = np.clip(np.exp(th_gene), MIN_DISP, cx.max_disp[None, :])
     curv[disp_gene != np.exp(th_gene)] = np.nan      # clipped: not the search's optimum
     return {"disp_gene": disp_gene.T, "curv_gene": curv.T}
@@ -86,16 +91,14 @@ def final_dispersions(block: GeneBlock, inputs: dict, cx: Context) -> dict:
     start[newton] -= (log_gene - log_trend)[newton] / (1.0 - curv[newton] * v[newton])
     start[~(inputs["bm"].T > 0)] = np.nan
     outlier = log_gene > log_trend + 2 * np.sqrt(var_log)[None, :]
-    fit = stages.Fit(inputs["b"], inputs["coef"], inputs["prof"])
     prior = stages.Prior(log_trend, prior_var, log_gene, outlier, math.log(MIN_DISP))
-    theta = stages.final_dispersions(cx.dcomps, start, prior, fit,
-                                     cx.with_covariates(inputs["schur"]), cx.search, args)
+    theta = stages.final_dispersions(cx.dcomps, start, prior, _fit(inputs), cx.search, args)
     return {"theta": theta.T, "disp": np.exp(theta).T}
 
 
 def gene_step() -> Step:
     return Step("gene_dispersions", BLOCK, gene_dispersions,
-                reads=("b", "coef", "prof", "schur", "bm"), writes=("disp_gene", "curv_gene"),
+                reads=(*FIT, "control_coef", "bm"), writes=("disp_gene", "curv_gene"),
                 rows=DISPERSIONS, per_dispersion=("disp_gene", "curv_gene"))
 
 
@@ -107,6 +110,6 @@ def trend_step() -> Step:
 
 def final_step() -> Step:
     return Step("final_dispersions", BLOCK, final_dispersions,
-                reads=("b", "coef", "prof", "schur", "bm", "disp_gene", "curv_gene",
-                       "disp_trend", "prior_var", "var_log"),
+                reads=(*FIT, "bm", "disp_gene", "curv_gene", "disp_trend", "prior_var",
+                       "var_log"),
                 writes=("theta", "disp"), rows=DISPERSIONS, per_dispersion=("theta", "disp"))

@@ -57,7 +57,9 @@ def main():
                 t = info["timings"]
                 row = rows[mode, cap]
                 row["wall"].append(wall)
-                row["fit"].append(t["stage_a"] + t["stage_b"])
+                row["fit"].append(sum(v for k, v in t.items()
+                                      if k not in ("read_metadata", "read_counts", "write",
+                                                   "total", "trend")))
                 row["rss"].append(rss)
                 row["blocks"] = info["memory"]["gene_blocks"]
     print(f"{os.path.basename(args.screen)}, --max-memory {args.max_memory}, "

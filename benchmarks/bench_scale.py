@@ -19,6 +19,7 @@ order, as most real files are; `--grouped` adds a copy of M sorted by perturbati
 usage: python benchmarks/bench_scale.py [--sizes S,M,L] [--data /tmp/perturbglm-bench]
            [--max-memory 2G] [--grouped] [--peer-python /opt/peers/bin/python]
            [--peer-sizes S,M] [--repeat 3] [--baseline OLD_CHECKOUT/src]
+           [--variants 'NAME=OPTIONS;...']
 """
 
 import argparse
@@ -68,6 +69,13 @@ crispyx.nb_glm_test(sys.argv[1], perturbation_column="perturbation",
 """
 
 
+def _fit_seconds(timings: dict) -> float:
+    """Seconds in the statistics: every timing but reading, writing and the total (the
+    steps' names differ between versions)."""
+    return sum(v for k, v in timings.items()
+               if k not in ("read_metadata", "read_counts", "write", "total"))
+
+
 def ensure(path, size, grouped=False):
     """Generate the screen if missing; returns the generation wall time (or None)."""
     if os.path.exists(path):
@@ -91,6 +99,10 @@ def main():
     ap.add_argument("--repeat", type=int, default=3, help="alternating floor/ours runs")
     ap.add_argument("--baseline", default=None,
                     help="src/ folder of another perturbglm version to run alternately")
+    ap.add_argument("--variants", default="",
+                    help="NAME=OPTIONS;... runs of this version with extra options (e.g. "
+                         "'apeglm=--shrink apeglm;off=--outliers off'), in the same "
+                         "alternation; reported against the default run and the baseline")
     args = ap.parse_args()
     os.makedirs(args.data, exist_ok=True)
     cores = os.cpu_count()
@@ -107,6 +119,8 @@ def main():
                   flush=True)
         run([sys.executable, "-c", FLOOR, path])     # warm the page cache alike for all
         floors, walls, rss, timings, base_walls = [], [], 0.0, [], []
+        variants = dict(v.split("=", 1) for v in args.variants.split(";") if v)
+        variant_walls = {v: [] for v in variants}
         with tempfile.TemporaryDirectory(dir=args.data) as tmp:
             out = os.path.join(tmp, "out")
             de = [sys.executable, "-m", "perturbglm", "de", path, "--groupby", "perturbation",
@@ -119,6 +133,8 @@ def main():
                     base_walls.append(run(de, env)[0])
                 wall, peak, _ = run(de)
                 walls.append(wall)
+                for v, extra in variants.items():
+                    variant_walls[v].append(run(de + extra.split())[0])
                 rss = max(rss, peak)
                 with open(os.path.join(out, "run.json")) as fh:
                     timings.append(json.load(fh)["timings"])
@@ -130,7 +146,7 @@ def main():
         ratios = [w / f for w, f in zip(walls, floors, strict=True)]
         t = timings[walls.index(sorted(walls)[len(walls) // 2])]
         read = t["read_metadata"] + t["read_counts"]
-        fit = t["stage_a"] + t["trend"] + t["stage_b"]
+        fit = _fit_seconds(t)
         rows.append((name, os.path.getsize(path) / 2**30, floor, wall, min(ratios),
                      max(ratios), rss, read, fit, t["write"], cx, cx_rss if cx else None))
         print(f"{name}: floor {floor:.2f} s, perturbglm {wall:.2f} s ({rss:.0f} MiB), "
@@ -142,6 +158,14 @@ def main():
                   f"{wall / base:.3f} (pairs: "
                   + ", ".join(f"{w / b:.3f}" for w, b in zip(walls, base_walls, strict=True))
                   + ")", flush=True)
+        for v, vw in variant_walls.items():
+            med = statistics.median(vw)
+            vs_base = (f", / baseline {med / statistics.median(base_walls):.3f}"
+                       if base_walls else "")
+            print(f"{name}: {v} ({variants[v]}) {med:.2f} s, / default {med / wall:.3f} "
+                  "(pairs: " + ", ".join(f"{a / b:.3f}" for a, b in zip(vw, walls,
+                                                                       strict=True))
+                  + f"){vs_base}", flush=True)
     print()
     print(f"max-memory {args.max_memory}, {cores} cores, medians of {args.repeat} alternating "
           "runs; wall seconds incl. start-up; RSS in MiB (largest)")

@@ -11,7 +11,7 @@ from scipy.stats import false_discovery_control
 
 from perturbglm.io import summaries
 from perturbglm.nb import hermite, kernels, special
-from perturbglm.pipeline import bh
+from perturbglm.steps.pvalues import bh
 
 
 def test_two_sided_p_against_scipy():
@@ -248,3 +248,99 @@ def test_cox_reid_determinant_with_covariates():
         l0 = _log_det_terms(kernels.schur_terms(theta, state, args, 1e-6))[0]
         assert L1 == pytest.approx((lp - lm) / (2 * eps), rel=1e-6, abs=1e-8)
         assert L2 == pytest.approx((lp - 2 * l0 + lm) / eps**2, rel=1e-4, abs=1e-6)
+
+
+def test_comparison_state_from_control_atoms():
+    """A comparison's state built from the control's per-atom count moments
+    (`with_control`) plus the control's log-gamma terms (tabulated per gene by
+    stages.control_tables) is the full state of both groups: same profile and Schur
+    complement to rounding (1e-12), so a comparison never visits the control's cells. A few
+    counts above special.SMALL_COUNT exercise the large-count terms."""
+    _, y, group, sf, z = _small_block(seed=3, n=400, q=1)
+    rng = np.random.default_rng(3)
+    y[rng.choice(400, 6, replace=False), 0] = [70, 80, 150, 300, 1000, 65]
+    block = _small_block_from(y, group, sf, z)
+    assert block.atoms.atom_stats[:, 1].max() > 1     # binned atoms: moments matter
+    args = block.kernel_args()
+    b = np.array([-0.6, 0.3])
+    c = np.array([0.4])
+    full = kernels.fixed_mu(np.array([0, 1]), b, c, 0, args)
+    assert full[5][1] > 0                                 # the control has large counts
+    group_only = kernels.fixed_mu(np.array([1]), b[1:], c, 0, args)
+    pair = kernels.with_control(group_only, 0, b[0], kernels.atom_moments(0, 0, args), args)
+    tail, big = full[7][0], full[6][full[5][0]:full[5][1]]
+    for theta in (-3.0, -0.5, 1.0, 4.0):
+        r = math.exp(-theta)
+        lg, d1, d2 = kernels.log_gamma_terms(r, tail, big)
+        table = np.array([lg, -r * d1, r * d1 + r * r * d2])
+        np.testing.assert_allclose(np.array(kernels.profile(theta, pair, args, 1e-6)) + table,
+                                   kernels.profile(theta, full, args, 1e-6), rtol=1e-12)
+        np.testing.assert_allclose(kernels.schur_terms(theta, pair, args, 1e-6),
+                                   kernels.schur_terms(theta, full, args, 1e-6), rtol=1e-12,
+                                   atol=1e-12)
+
+
+def _small_block_from(y, group, sf, z):
+    at = summaries.atoms(group, sf, z, True, int(group.max()) + 1)
+    counts = sp.csr_matrix(y.astype(float))
+    store = summaries.Store(y.shape[1])
+    assert store.add(counts.indptr, counts.indices, counts.data, 0, True, group >= 0,
+                     np.zeros(y.shape[0]), None) is None
+    return summaries.build_block(store, 0, store.n_slabs, group, at)
+
+
+def test_initial_fits_are_each_comparisons_own():
+    """DESeq2 fits a covariate design on the cells of the run: each comparison's initial
+    fit is the fixed point of the joint model of the control, that group and the shared
+    coefficients on their cells alone (the score vanishes, to 1e-8 of the counts), and the
+    global fit that of every group at once; the coefficients differ between comparisons
+    (the groups' covariate effects were made to differ)."""
+    from perturbglm.nb import joint_initial
+
+    rng = np.random.default_rng(5)
+    n = 600
+    group = rng.integers(0, 3, n)
+    z = rng.integers(0, 2, (n, 1)).astype(float)
+    sf = np.exp(rng.normal(0, 0.3, n))
+    effect = np.array([0.0, 0.8, -0.6])[group] * z[:, 0]      # group-specific rep effect
+    y = rng.negative_binomial(2, 2 / (2 + sf * np.exp(0.5 + effect)))[:, None]
+    args = _small_block_from(y, group, sf, z).kernel_args()
+    theta0 = math.log(0.5)
+    minmu = joint_initial.INITIAL_MINMU
+    b, control_b, coef, _ = joint_initial.gene_fits(theta0, 0, 0, np.array([1, 2]), args)
+    for j, k in enumerate((1, 2)):
+        ks = np.array([0, k])
+        _, _, _, sb, sc = kernels.joint_terms(theta0, ks, kernels.group_moments(0, ks, args),
+                                              np.array([control_b[j], b[k]]), coef[j], args,
+                                              minmu)
+        assert np.abs(np.append(sb, sc)).max() < 1e-8 * y.sum()
+    assert abs(coef[0, 0] - coef[1, 0]) > 0.5
+    b, control_b, coef, _ = joint_initial.gene_fits(theta0, 0, 0, np.array([-1]), args)
+    ks = np.arange(3)
+    _, _, _, sb, sc = kernels.joint_terms(theta0, ks, kernels.group_moments(0, ks, args), b,
+                                          coef[0], args, minmu)
+    assert control_b[0] == b[0]
+    assert np.abs(np.append(sb, sc)).max() < 1e-8 * y.sum()
+
+
+def test_contrast_variances_of_many_groups():
+    """Every group against group 0 from one joint fit of four groups and two covariates:
+    the variance of b_k - b_0 equals the inverse information of the one-hot design
+    (e_k - e_0)' I^-1 (e_k - e_0), to 1e-10 relative (exact atoms: the arithmetic is the
+    only difference)."""
+    block, y, group, sf, z = _small_block(seed=4, n=160, groups=4, q=2)
+    assert block.atoms.atom_stats[:, 1].max() == 1
+    args = block.kernel_args()
+    ks = np.arange(4)
+    theta = math.log(0.4)
+    mom = kernels.group_moments(0, ks, args)
+    b, c, _ = kernels.joint_fit(theta, ks, mom, np.zeros(4), np.zeros(2), args, 1e-6)
+    D, B, C, _, _ = kernels.joint_terms(theta, ks, mom, b, c, args, 1e-6)
+    X = np.column_stack([group == k for k in ks] + [z]).astype(float)
+    mu = np.maximum(sf * np.exp(X @ np.append(b, c)), 1e-6)
+    inverse = np.linalg.inv(X.T @ (X * (mu / (1 + 0.4 * mu))[:, None]))
+    var = kernels.contrast_variances(D[0], B[0], C[0], 0)
+    for k in range(1, 4):
+        e = np.zeros(6)
+        e[k], e[0] = 1.0, -1.0
+        assert var[k] == pytest.approx(e @ inverse @ e, rel=1e-10)

@@ -215,7 +215,7 @@ def test_null_calibration(null_screen, test, tested, below_05, below_01):
 
 def test_command_line_flag(simulated, tmp_path):
     """--test lrt on the command line gives the Python API's table, and the run records the
-    option and the step's time."""
+    option and times the step."""
     path = simulated[0]
     assert cli.main(["de", str(path), "--groupby", "gene", "--control", "control",
                      "--size-factors", "obs:size_factor", "--test", "lrt", "--quiet",
@@ -225,7 +225,7 @@ def test_command_line_flag(simulated, tmp_path):
                         size_factors="obs:size_factor", test="lrt").table
     np.testing.assert_array_equal(written.table["stat"], api["stat"])
     assert written.run_info["parameters"]["test"] == "lrt"
-    assert written.run_info["timings"]["lrt"] > 0
+    assert any("lrt" in phase.split("+") for phase in written.run_info["timings"])
 
 
 def test_resume_after_a_kill_in_the_lrt_step(tmp_path):
@@ -244,8 +244,8 @@ def test_resume_after_a_kill_in_the_lrt_step(tmp_path):
             "--test", "lrt", "--out", str(out), "--quiet"]
     assert killed(run_killed(argv, "perturbglm.steps.lrt:lr_test", 3, "before", spill))
     partial = str(out) + ".partial"
-    assert sorted(n for n in os.listdir(partial) if n.startswith("l0")) == ["l00000",
-                                                                            "l00001"]
+    assert sorted(n for n in os.listdir(partial) if n.startswith("lrt.")) == ["lrt.00000",
+                                                                               "lrt.00001"]
     resumed = run_killed(argv + ["--resume"], "perturbglm.steps.lrt:lr_test", 10**9,
                          setup=spill)
     assert resumed.returncode == 0, resumed.stderr

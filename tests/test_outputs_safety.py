@@ -16,13 +16,14 @@ import pytest
 from killpoints import killed, run_cli, run_killed
 from test_refusals import BASE, snapshot, write_screen
 
-from perturbglm import pipeline
 from perturbglm.cli import main
 from perturbglm.errors import InputError
 from perturbglm.io import outdir
 from perturbglm.result import Result
+from perturbglm.steps import dispersion
 
 NEW, OLD = ".out.perturbglm-new", ".out.perturbglm-old"
+FINAL = "perturbglm.steps.dispersion:final_dispersions"     # a kill point late in the run
 
 
 @pytest.fixture
@@ -148,7 +149,7 @@ def test_partial_that_is_not_a_workspace_refused(tmp_path, capsys, screen):
 def test_overwrite_empties_an_interrupted_workspace(tmp_path, capsys, screen, monkeypatch):
     out = tmp_path / "out"
     with monkeypatch.context() as m:
-        m.setattr(pipeline, "stage_b", _raise(KeyboardInterrupt))
+        m.setattr(dispersion, "final_dispersions", _raise(KeyboardInterrupt))
         assert main(de(screen, out)) == 130
     assert os.path.exists(tmp_path / "out.partial" / "fingerprint.json")
     assert main(de(screen, out, "--overwrite")) == 0
@@ -277,9 +278,10 @@ def test_second_run_refused_while_another_process_runs(tmp_path, screen):
 
 def test_lock_held_through_the_whole_run(tmp_path, screen):
     """The lock file survives every step of a run (a step that emptied the workspace once
-    removed it, letting a second run in): killed at stage B, OUT.partial still holds it."""
+    removed it, letting a second run in): killed in the final dispersions, OUT.partial still
+    holds it."""
     out = tmp_path / "out"
-    proc = run_killed(de(screen, out), "perturbglm.pipeline:stage_b", 1, "before")
+    proc = run_killed(de(screen, out), FINAL, 1, "before")
     assert killed(proc), proc.stderr
     with open(os.path.join(outdir.partial_path(str(out)), outdir.LOCK)) as fh:
         assert json.load(fh)["host"] == socket.gethostname()
@@ -347,7 +349,7 @@ def _raise(exc):
 def test_messages_advise_resume_only_when_not_given(tmp_path, capsys, screen, monkeypatch,
                                                     exc, rc):
     out = tmp_path / "out"
-    monkeypatch.setattr(pipeline, "stage_b", _raise(exc))
+    monkeypatch.setattr(dispersion, "final_dispersions", _raise(exc))
     assert main(de(screen, out)) == rc
     err = capsys.readouterr().err
     assert "rerun with --resume" in err and "out.partial" in err, err

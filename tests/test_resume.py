@@ -20,6 +20,7 @@ SPILL = ("from perturbglm.io import memory\nfrom perturbglm.io import scan\n"
          "memory.MIN_CHUNK_NNZ, memory.MIN_CHUNK_PER_GENE = 1, 0\n")    # chunks as asked
 CHECKPOINT_EVERY_CHUNK = "scan.CHECKPOINT_SECONDS = 0.0\n"
 NEVER = ("perturbglm.io.summaries:Store.add", 10**9)       # a kill point that is not reached
+FINAL = "perturbglm.steps.dispersion:final_dispersions"     # a kill point late in the run
 N_CHUNKS = 8                                            # 3,000 cells read 400 at a time
 
 
@@ -150,9 +151,9 @@ def _invalid_json(path):
 
 
 DAMAGE = {
-    "truncated npy": ("a00001/disp_gene.npy", _truncate),
-    "flipped byte": ("b00000/lfc.npy", _flip_last_byte),     # still loads: values change
-    "missing file": ("t0000000/disp_trend.npy", os.remove),
+    "truncated npy": ("gene_dispersions.00001/disp_gene.npy", _truncate),
+    "flipped byte": ("lfc.00000/lfc.npy", _flip_last_byte),     # still loads: values change
+    "missing file": ("trend.0000000/disp_trend.npy", os.remove),
     "invalid blocks json": ("blocks.json", _invalid_json),
     "invalid plan json": ("plan.json", _invalid_json),
     "flipped byte in plan": ("plan.json", lambda p: _replace_in(p, '"in_memory": false',
@@ -171,10 +172,10 @@ def _replace_in(path, old, new):
 
 @pytest.mark.parametrize("damage", list(DAMAGE))
 def test_damaged_step_is_computed_again(screen, reference, tmp_path, damage):
-    """Killed in stage B (2 of 5 blocks done), a saved step damaged, then --resume: the step
-    is noted, removed and computed again; the table is unchanged."""
+    """Killed in the final dispersions (2 of 5 blocks done), a saved step damaged, then
+    --resume: the step is noted, removed and computed again; the table is unchanged."""
     out = tmp_path / "o"
-    kill(screen, out, "perturbglm.pipeline:stage_b", 3, when="before")
+    kill(screen, out, FINAL, 3, when="before")
     name, harm = DAMAGE[damage]
     harm(os.path.join(str(out) + ".partial", name))
     proc = resume(screen, out)
@@ -184,7 +185,7 @@ def test_damaged_step_is_computed_again(screen, reference, tmp_path, damage):
 
 def test_damaged_fingerprint_starts_again(screen, reference, tmp_path):
     out = tmp_path / "o"
-    kill(screen, out, "perturbglm.pipeline:stage_b", 2, when="before")
+    kill(screen, out, FINAL, 2, when="before")
     _invalid_json(os.path.join(str(out) + ".partial", "fingerprint.json"))
     proc = resume(screen, out)
     assert "cannot be continued; starting it again" in proc.stderr
@@ -202,7 +203,7 @@ def test_counts_changed_in_place_are_refused(screen, tmp_path, hashed):
     out = tmp_path / "o"
     setup = ("from perturbglm.io import workspace\nworkspace.WHOLE_BYTES = 0\n"
              * (hashed == "sampled"))
-    kill(path, out, "perturbglm.pipeline:stage_b", 2, when="before", setup=SPILL + setup)
+    kill(path, out, FINAL, 2, when="before", setup=SPILL + setup)
     before = os.stat(path)
     with h5py.File(path, "r+") as f:
         f["X/data"][...] = 2 * f["X/data"][...]
@@ -239,7 +240,7 @@ class FillingFile:
 summaries.open = FillingFile
 """
 
-FULL_IN_STAGE_A = SPILL + """
+FULL_IN_FIRST_STEPS = SPILL + """
 import errno
 from perturbglm.io import workspace
 write_npy, npy_writes = workspace._write_npy, [0]     # (killpoints' names: real, calls)
@@ -254,10 +255,10 @@ workspace._write_npy = filling
 """
 
 
-@pytest.mark.parametrize("where", ["spilling", "stage A"])
+@pytest.mark.parametrize("where", ["spilling", "first steps"])
 def test_disk_full_then_resume(screen, reference, tmp_path, where):
     out = tmp_path / "o"
-    setup = FULL_WHILE_SPILLING if where == "spilling" else FULL_IN_STAGE_A
+    setup = FULL_WHILE_SPILLING if where == "spilling" else FULL_IN_FIRST_STEPS
     proc = run_killed(argv(screen, out), *NEVER, setup=setup)
     assert proc.returncode == 1
     line = proc.stderr.strip()

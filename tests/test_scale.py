@@ -18,6 +18,7 @@ import pytest
 from perturbglm import pipeline, simulate
 from perturbglm.errors import InputError
 from perturbglm.io import memory, scan, summaries
+from perturbglm.steps import dispersion, initial
 
 RTOL = 1e-10
 
@@ -119,15 +120,20 @@ def _interrupt_after(monkeypatch, obj, name, calls):
     monkeypatch.setattr(obj, name, wrapper)
 
 
-@pytest.mark.parametrize("where", ["reading", "stage_a", "stage_b", "_table_chunks"])
+INTERRUPTS = {   # where to interrupt: (module, function, calls let through)
+    "reading": (summaries.Store, "add", 3),
+    "first block steps": (initial, "fit_initial", 2),
+    "last block steps": (dispersion, "final_dispersions", 2),
+    "table": (pipeline, "_table_chunks", 0),
+}
+
+
+@pytest.mark.parametrize("where", list(INTERRUPTS))
 def test_resume_after_interrupt_gives_identical_table(screen, reference, tmp_path,
                                                       monkeypatch, tight_memory, where):
     out = tmp_path / "r"
     with monkeypatch.context() as m:
-        if where == "reading":
-            _interrupt_after(m, summaries.Store, "add", 3)
-        else:
-            _interrupt_after(m, pipeline, where, 0 if where == "_table_chunks" else 2)
+        _interrupt_after(m, *INTERRUPTS[where])
         with pytest.raises(KeyboardInterrupt):
             _run(screen[0], out, chunk_cells=500)
     partial = str(out) + ".partial"
@@ -143,7 +149,7 @@ def test_resume_after_interrupt_gives_identical_table(screen, reference, tmp_pat
 def test_resume_refuses_a_different_run(screen, tmp_path, monkeypatch):
     out = tmp_path / "d"
     with monkeypatch.context() as m:
-        _interrupt_after(m, pipeline, "stage_b", 0)
+        _interrupt_after(m, dispersion, "final_dispersions", 0)
         with pytest.raises(KeyboardInterrupt):
             _run(screen[0], out)
     with pytest.raises(InputError, match="different options"):
@@ -160,25 +166,27 @@ def test_resume_refuses_a_different_run(screen, tmp_path, monkeypatch):
 
 KILL_SCRIPT = """
 import sys, time
-from perturbglm import cli, pipeline
+from perturbglm import cli
 from perturbglm.io import memory
+from perturbglm.steps import dispersion
 memory.RECORD_BYTES, memory.BLOCK_BYTES = 10**9, 10**6   # spill; one slab per gene block
-real = pipeline.stage_b
+real = dispersion.final_dispersions
 def slow(*args):
     time.sleep(0.5)
     return real(*args)
-pipeline.stage_b = slow
+dispersion.final_dispersions = slow
 sys.exit(cli.main(sys.argv[1:]))
 """
 
 
 def test_kill_9_then_resume(screen, reference, tmp_path):
-    """A real SIGKILL in the middle of stage B, then --resume from the command line."""
+    """A real SIGKILL in the middle of the final dispersions, then --resume from the command
+    line."""
     out = tmp_path / "k"
     args = ["de", screen[0], "--groupby", "perturbation", "--control", simulate.CONTROL,
             "--out", str(out), "--quiet", "--chunk-cells", "400"]
     proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, *args])
-    first_b = os.path.join(str(out) + ".partial", "b00000")
+    first_b = os.path.join(str(out) + ".partial", "final_dispersions.00000")
     deadline = time.time() + 120
     while not os.path.exists(first_b) and time.time() < deadline and proc.poll() is None:
         time.sleep(0.02)

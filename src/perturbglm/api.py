@@ -6,32 +6,36 @@ import os
 import tempfile
 
 from . import pipeline
+from .options import Options, defaults
 from .progress import Progress
 from .result import Result
 
 
-def de(data, groupby: str, control, covariates=(), layer=None, size_factors="library",
-       min_cells: int = 3, min_mu: float = 1e-6, dispersion: str = "per-comparison",
-       max_memory=None, threads=None, fdr: float = 0.1, out: str | None = None,
-       overwrite: bool = False, resume: bool = False, progress: bool = False,
-       chunk_cells: int | None = None, test: str = "wald") -> Result:
+def de(data, groupby: str, control, *, out: str | None = None, overwrite: bool = False,
+       resume: bool = False, progress: bool = False, **options) -> Result:
     """Test every perturbation of `groupby` against the `control` cells, per gene.
 
-    control: a label, or several (a list or tuple, or one string separated by commas as on
-    the command line) whose cells are pooled into one control group.
-
     data: path of an .h5ad file (streamed from disk, opened read-only) or an AnnData (written
-    to a temporary .h5ad first). With `out`, the result folder is written there and the
-    returned result reads its table from it when needed (large screens); without, the table
-    is returned in memory. test: "wald" (default) or "lrt", DESeq2's likelihood-ratio test
-    against the design without the perturbation. See the README for every option.
+    to a temporary .h5ad first). control: a label, or several (a list or tuple, or one
+    string separated by commas as on the command line) whose cells are pooled into one
+    control group. With `out`, the result folder is written there and the returned result
+    reads its table from it when needed (large screens); without, the table is returned in
+    memory.
+
+    options: any field of `perturbglm.options.Options`, with its default there (and in
+    `perturbglm.options.defaults()`): covariates, layer, size_factors, min_cells, min_mu,
+    dispersion, test, outliers, shrink, max_memory, chunk_cells, threads, fdr. The README
+    gives the meaning of each and its DESeq2 counterpart.
     """
-    if isinstance(covariates, str):
-        covariates = [c for c in covariates.split(",") if c]
-    opts = pipeline.Options(groupby=groupby, control=control, covariates=list(covariates),
-                            layer=layer, size_factors=size_factors, min_cells=min_cells,
-                            min_mu=min_mu, dispersion=dispersion, max_memory=max_memory,
-                            chunk_cells=chunk_cells, threads=threads, fdr=fdr, test=test)
+    if isinstance(options.get("covariates"), str):
+        options["covariates"] = [c for c in options["covariates"].split(",") if c]
+    elif "covariates" in options:
+        options["covariates"] = list(options["covariates"])
+    unknown = sorted(set(options) - set(defaults()))
+    if unknown:
+        raise TypeError(f"de() got unknown option(s) {', '.join(unknown)}; the options are "
+                        f"{', '.join(defaults())}")
+    opts = Options(groupby=groupby, control=control, **options)
     bar = Progress() if progress else None
     with tempfile.TemporaryDirectory(prefix="perturbglm-") as tmp:
         if isinstance(data, (str, os.PathLike)):

@@ -11,38 +11,48 @@ import warnings
 
 from .errors import DiskFull, InputError
 from .io import memory, outdir
+from .options import CHOICES, Options, defaults
 
 
 def _add_de(sub):
+    d = defaults()
     p = sub.add_parser("de", help="test every perturbation against the control cells")
     p.add_argument("screen", help=".h5ad file with raw counts")
     p.add_argument("--groupby", required=True, help="obs column naming each cell's perturbation")
     p.add_argument("--control", required=True,
                    help="label of the control cells in --groupby; several, separated by "
                         "commas, are pooled into one control group")
-    p.add_argument("--covariates", default="",
+    p.add_argument("--covariates",
                    help="comma-separated obs columns (categorical: one-hot, first level "
                         "dropped; numeric: centred and scaled)")
-    p.add_argument("--layer", default=None,
-                   help="counts in layers/NAME, or 'raw' for raw.X (default: X)")
-    p.add_argument("--size-factors", default="library",
-                   help="library (default), poscounts, ratio, or obs:COLUMN")
-    p.add_argument("--dispersion", default="per-comparison", choices=["per-comparison", "global"],
-                   help="per-comparison (DESeq2 on control + one perturbation, default) or "
-                        "global (one dispersion per gene from all cells)")
-    p.add_argument("--test", default="wald", choices=["wald", "lrt"],
-                   help="wald (default) or lrt: DESeq2's likelihood-ratio test against the "
-                        "design without the perturbation (log2fc and lfc_se stay the MLE's)")
-    p.add_argument("--min-cells", type=int, default=3,
-                   help="skip (and report) perturbations with fewer cells (default 3)")
-    p.add_argument("--min-mu", type=float, default=1e-6,
-                   help="floor on fitted means (default 1e-6; 0.5 is DESeq2's classic value)")
-    p.add_argument("--fdr", type=float, default=0.1, help="FDR for the summary (default 0.1)")
-    p.add_argument("--threads", type=int, default=None, help="threads (default: all cores)")
-    p.add_argument("--max-memory", default=memory.DEFAULT,
+    p.add_argument("--layer", help="counts in layers/NAME, or 'raw' for raw.X (default: X)")
+    p.add_argument("--size-factors",
+                   help=f"library, poscounts, ratio, or obs:COLUMN (default {d['size_factors']})")
+    p.add_argument("--dispersion", choices=CHOICES["dispersion"],
+                   help="per-comparison (DESeq2 on control + one perturbation) or global (one "
+                        f"dispersion per gene from all cells); default {d['dispersion']}")
+    p.add_argument("--test", choices=CHOICES["test"],
+                   help="wald (DESeq2's nbinomWaldTest) or lrt (nbinomLRT against the design "
+                        f"without the perturbation); default {d['test']}")
+    p.add_argument("--outliers", choices=CHOICES["outliers"],
+                   help="Cook's distance outliers: filter (p-value NA, results()' rule with "
+                        "minReplicatesForReplace=Inf), replace (DESeq()'s replacement and "
+                        f"refit), off; default {d['outliers']}")
+    p.add_argument("--shrink", choices=CHOICES["shrink"],
+                   help="log2 fold-change shrinkage: none, or apeglm (lfcShrink(type="
+                        f"'apeglm')) into log2fc_shrunk, lfc_se_shrunk; default {d['shrink']}")
+    p.add_argument("--min-cells", type=int,
+                   help=f"skip (and report) perturbations with fewer cells "
+                        f"(default {d['min_cells']})")
+    p.add_argument("--min-mu", type=float,
+                   help=f"floor on fitted means (default {d['min_mu']:g}; 0.5 is DESeq2's "
+                        "classic value)")
+    p.add_argument("--fdr", type=float, help=f"FDR for the summary (default {d['fdr']})")
+    p.add_argument("--threads", type=int, help="threads (default: all cores)")
+    p.add_argument("--max-memory",
                    help=f"memory budget, e.g. 2G or 500M (default {memory.DEFAULT}); sets the "
                         "read chunk and whether counts are spilled to OUT.partial on disk")
-    p.add_argument("--chunk-cells", type=int, default=None,
+    p.add_argument("--chunk-cells", type=int,
                    help="cells read per chunk (default: set by --max-memory); a chunk holds "
                         "at least 100,000 stored values whatever it asks")
     p.add_argument("--out", required=True, help="output folder")
@@ -53,16 +63,20 @@ def _add_de(sub):
     p.add_argument("--quiet", action="store_true", help="no progress output")
 
 
+def _options(args) -> Options:
+    """The Options of `perturbglm de ARGS`: what was given, the defaults for the rest."""
+    given = {name: getattr(args, name) for name in defaults()
+             if getattr(args, name, None) is not None}
+    if "covariates" in given:
+        given["covariates"] = [c for c in given["covariates"].split(",") if c]
+    return Options(groupby=args.groupby, control=args.control, **given)
+
+
 def _cmd_de(args) -> int:
     from . import pipeline
     from .progress import Progress
 
-    opts = pipeline.Options(
-        groupby=args.groupby, control=args.control,
-        covariates=[c for c in args.covariates.split(",") if c], layer=args.layer,
-        size_factors=args.size_factors, min_cells=args.min_cells, min_mu=args.min_mu,
-        dispersion=args.dispersion, max_memory=args.max_memory, chunk_cells=args.chunk_cells,
-        threads=args.threads, fdr=args.fdr, test=args.test)
+    opts = _options(args)
     bar = None if args.quiet else Progress()
     try:
         written = pipeline.run(args.screen, opts, args.out, overwrite=args.overwrite,

@@ -90,22 +90,23 @@ class Plan:
 
 def _entry_kernels(covariates: bool, data_dtype, index_dtype) -> dict:
     """The compiled kernels a run calls from Python, each with the argument types that
-    differ between runs (a run with covariates passes the control's Schur table where one
-    without passes None; the read pass takes the file's value and index types)."""
+    differ between runs (a run without covariates passes the control's MLE table to the
+    Wald test where one with them passes None; the read pass takes the file's value and
+    index types)."""
     from numba import from_dtype, types
 
     from ..nb import special, stages, zero_terms
     from . import summaries
 
-    schur = {"schur": (lambda t: not isinstance(t, types.NoneType)) if covariates
-             else (lambda t: isinstance(t, types.NoneType))}
+    wald = {"wald_table": (lambda t: isinstance(t, types.NoneType)) if covariates
+            else (lambda t: not isinstance(t, types.NoneType))}
     return {
         summaries._split: {"minor": lambda t: t.dtype == from_dtype(np.dtype(index_dtype)),
                            "data": lambda t: t.dtype == from_dtype(np.dtype(data_dtype))},
         summaries._records: {}, summaries._sort_part: {}, zero_terms.build: {},
         stages.normalised_sums: {}, stages.initial_fit: {}, stages.control_tables: {},
-        stages.control_optimum: schur, stages.dispersions: schur,
-        stages.final_and_wald: schur, special.two_sided_p: {},
+        stages.control_optimum: {}, stages.dispersions: {},
+        stages.final_dispersions: {}, stages.wald: wald, special.two_sided_p: {},
     }
 
 

@@ -21,13 +21,6 @@ import numpy as np
 
 from . import outdir
 
-COLUMNS = [  # output column <- array name in the chunks
-    ("base_mean", "base_mean"), ("log2fc", "lfc"), ("lfc_se", "se"), ("stat", "stat"),
-    ("pvalue", "pvalue"), ("padj", "padj"), ("dispersion", "disp"),
-    ("dispersion_gene", "disp_gene"), ("dispersion_trend", "disp_trend"),
-    ("pct_perturbed", "pct_perturbed"), ("pct_control", "pct_control")]
-
-
 ROWS_PER_GROUP = 1_000_000    # rows per parquet row group
 SUMMARY_COLUMNS = ["perturbation", "cells", "control_cells", "genes_tested", "de_genes",
                    "target_measured", "target_log2fc", "target_padj"]
@@ -55,10 +48,10 @@ def _arrow_strings(items) -> object:
                                  ).cast(pa.string())
 
 
-def _schema():
+def _schema(columns: list[str]):
     import pyarrow as pa
     return pa.schema([("perturbation", pa.string()), ("gene", pa.string())]
-                     + [(name, pa.float64()) for name, _ in COLUMNS])
+                     + [(name, pa.float64()) for name in columns])
 
 
 @dataclass
@@ -110,7 +103,7 @@ def _summary_rows(labels, cols, code, n_cells, control_cells, genes_index, fdr):
             "genes_tested": int(np.isfinite(cols["pvalue"][j]).sum()),
             "de_genes": int((cols["padj"][j] < fdr).sum()),
             "target_measured": g is not None,
-            "target_log2fc": float(cols["lfc"][j, g]) if g is not None else np.nan,
+            "target_log2fc": float(cols["log2fc"][j, g]) if g is not None else np.nan,
             "target_padj": float(cols["padj"][j, g]) if g is not None else np.nan,
         }
 
@@ -134,15 +127,16 @@ def write_record(folder: str, record: dict) -> None:
         json.dump(record, fh, indent=2, default=str)
 
 
-def write(out_dir: str, overwrite: bool, chunks, design, genes, info, opts, path,
-          t0: float, run: str) -> Written:
-    """Stream (labels, arrays) chunks into OUT_DIR/results.parquet, then the summary and the
-    run record; swap the folder into place, marked as the results of `run` (the digest of
-    the run's fingerprint). Call under outdir.lock(out_dir)."""
+def write(out_dir: str, overwrite: bool, columns: list[str], chunks, design, genes, info,
+          opts, path, t0: float, run: str) -> Written:
+    """Stream (labels, {column: comparisons x genes array}) chunks into
+    OUT_DIR/results.parquet (the float columns `columns`, in that order, after perturbation
+    and gene), then the summary and the run record; swap the folder into place, marked as
+    the results of `run` (the digest of the run's fingerprint). Call under outdir.lock(out_dir)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    schema = _schema()
+    schema = _schema(columns)
     genes_pa = _arrow_strings(genes)
     genes_index = {}
     for i, g in enumerate(genes):
@@ -157,11 +151,11 @@ def write(out_dir: str, overwrite: bool, chunks, design, genes, info, opts, path
         with pq.ParquetWriter(os.path.join(tmp, "results.parquet"), schema,
                               compression="zstd", use_dictionary=False) as writer:
             for labels, cols in chunks:
-                n, G = cols["lfc"].shape
+                n, G = cols["log2fc"].shape
                 arrays = [_arrow_strings(labels).take(
                               _arrow_numbers(np.repeat(np.arange(n), G), "int64")),
                           genes_pa.take(_arrow_numbers(np.tile(np.arange(G), n), "int64"))]
-                arrays += [_arrow_numbers(cols[key].ravel(), "float64") for _, key in COLUMNS]
+                arrays += [_arrow_numbers(cols[c].ravel(), "float64") for c in columns]
                 writer.write_table(pa.Table.from_arrays(arrays, schema=schema),
                                    row_group_size=max(n * G, 1))
                 rows.extend(_summary_rows(labels, cols, code, n_cells, control_cells,

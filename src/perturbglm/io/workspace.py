@@ -25,7 +25,7 @@ import numpy as np
 from ..errors import InputError
 from . import outdir
 
-FORMAT = 6  # what the workspace holds; raised whenever a stage's saved arrays change
+FORMAT = 7  # what the workspace holds; raised whenever a step's saved arrays change
 MANIFEST = "manifest.json"   # in each saved folder: every file's size and CRC-32
 SAMPLES = 64                 # slices of a large dataset's stored bytes hashed by the fingerprint
 SAMPLE_BYTES = 4096          # bytes per slice
@@ -306,6 +306,10 @@ class Workspace:
                        else mm[rows or slice(None), cols])
         del mm
         return out
+
+    def shape(self, name: str, key: str) -> tuple[int, ...]:
+        """The shape of one array of a saved folder (read from its header only)."""
+        return np.load(os.path.join(self.file(name), key + ".npy"), mmap_mode="r").shape
 
     def discard(self) -> None:
         outdir.empty_workspace(self.path)      # the run's lock removes the folder

@@ -119,6 +119,68 @@ def fixed_mu(ks, bk, c, g, data):
 
 
 @njit(cache=True)
+def with_control(state, control, b0, control_mom, data):
+    """The `fixed_mu` state of a comparison: the groups of `state` with the control group
+    prepended at intercept b0, its counts given per atom (control_mom, `atom_moments`: they
+    do not depend on the means, so a gene's are summed once for all its comparisons) and
+    without its log-gamma terms (no tail, no large counts): those depend on the counts
+    alone and come from a per-gene table (stages.control_tables), so that the comparison
+    visits the control's atoms but never its cells."""
+    ks, bk, c, e_ptr, terms, big_ptr, big_y, tail = state
+    n = ks.shape[0]
+    first = data.atom_ptr[control]
+    n_control = 0
+    for j in range(control_mom.shape[0]):
+        if control_mom[j, 0] > 0.0:
+            n_control += 1
+    ks_all = np.empty(n + 1, dtype=np.int64)
+    ks_all[0] = control
+    ks_all[1:] = ks
+    b_all = np.empty(n + 1)
+    b_all[0] = b0
+    b_all[1:] = bk
+    terms_all = np.empty((n_control + terms.shape[0], 4))
+    t = 0
+    for j in range(control_mom.shape[0]):
+        if control_mom[j, 0] > 0.0:
+            terms_all[t, 0] = atom_mean(first + j, 0.0, c, data, 0.0)[0]
+            terms_all[t, 1:] = control_mom[j]
+            t += 1
+    terms_all[n_control:] = terms
+    e_all = np.zeros(n + 2, dtype=np.int64)
+    e_all[1:] = e_ptr + n_control
+    big_all = np.zeros(n + 2, dtype=np.int64)
+    big_all[1:] = big_ptr
+    tail_all = np.zeros((n + 1, SMALL_COUNT))
+    tail_all[1:] = tail
+    return ks_all, b_all, c, e_all, terms_all, big_all, big_y, tail_all
+
+
+@njit(cache=True)
+def log_gamma_terms(r, tail, big):
+    """sum over a group's counts y of lgamma(y + r) - lgamma(r), r = 1/a, and its first two
+    derivatives in r: one log per count level up to SMALL_COUNT (tail[j], the number of
+    counts above j, see `fixed_mu`) and `lgamma_ratio` for the larger counts (big)."""
+    lg = 0.0
+    d1 = 0.0
+    d2 = 0.0
+    for t in range(big.shape[0]):
+        l0, l1, l2 = lgamma_ratio(big[t], r)
+        lg += l0
+        d1 += l1
+        d2 += l2
+    for j in range(SMALL_COUNT):
+        n_j = tail[j]
+        if n_j == 0.0:
+            break
+        s = j + r
+        lg += n_j * math.log(s)
+        d1 += n_j / s
+        d2 -= n_j / (s * s)
+    return lg, d1, d2
+
+
+@njit(cache=True)
 def _zero_weights(theta, emu, R1, R2, R3):
     """From zero-count sums (zero_terms.py): the Fisher weight V = sum mu/(1 + a mu) of the
     cells and its first two theta derivatives."""
@@ -209,22 +271,7 @@ def profile(theta, state, data, minmu):
             f += y0 * theta - (y0 * u + y1 * q + y2 * p)
             f1 += y0 - (y0 * q + y1 * p + y2 * k)
             f2 -= y0 * p + y1 * k + y2 * kk
-        lg = 0.0
-        d1 = 0.0
-        d2 = 0.0
-        for t in range(big_ptr[i], big_ptr[i + 1]):
-            l0, l1, l2 = lgamma_ratio(big_y[t], r)
-            lg += l0
-            d1 += l1
-            d2 += l2
-        for j in range(SMALL_COUNT):
-            n_j = tail[i, j]
-            if n_j == 0.0:
-                break
-            s = j + r
-            lg += n_j * math.log(s)
-            d1 += n_j / s
-            d2 -= n_j / (s * s)
+        lg, d1, d2 = log_gamma_terms(r, tail[i], big_y[big_ptr[i]:big_ptr[i + 1]])
         f += lg
         f1 -= r * d1
         f2 += r * d1 + r * r * d2
@@ -483,3 +530,16 @@ def contrast_variance(D, B, C):
     u = B[1] / D[1] - B[0] / D[0]
     spread = np.dot(u, np.linalg.solve(_schur_complement(D, B, C), u)) if C.shape[0] else 0.0
     return 1.0 / D[0] + 1.0 / D[1] + spread
+
+
+@njit(cache=True)
+def contrast_variances(D, B, C, base):
+    """Variance of b[i] - b[base] for every group i of the joint information (D, B, C) of
+    `joint_terms` (q > 0), as `contrast_variance` for many groups: the Schur complement S
+    is inverted once, so that each contrast costs O(q^2)."""
+    S_inv = np.linalg.inv(_schur_complement(D, B, C))
+    out = np.empty(D.shape[0])
+    for i in range(D.shape[0]):
+        u = B[i] / D[i] - B[base] / D[base]
+        out[i] = 1.0 / D[i] + 1.0 / D[base] + np.dot(u, S_inv @ u)
+    return out

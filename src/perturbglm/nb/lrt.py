@@ -38,7 +38,6 @@ where the Wald test of the same pair is not (its fold change stays NaN).
 """
 
 import math
-from collections import namedtuple
 
 import numpy as np
 from numba import njit, prange
@@ -58,18 +57,6 @@ from .kernels import (
 )
 from .stages import WALD_STEP
 from .zero_terms import LOG, W, atom_mean, group_zero
-
-Pairs = namedtuple("Pairs", ["comps", "control", "theta", "base_mean", "b", "coef", "minmu"])
-Pairs.__doc__ = """The comparisons of a gene block to test: comps (groups tested against the
-control group `control`), theta (genes x comparisons: each pair's final log dispersion,
-NaN where untested), base_mean (genes x comparisons: the mean normalised count over the
-pair's cells), b and coef (stage A's initial fit: genes x groups intercepts, genes x q
-covariate coefficients) and minmu, the IRLS floor on the means."""
-
-ControlMLE = namedtuple("ControlMLE", ["table", "theta_lo"])
-ControlMLE.__doc__ = """Without covariates, the control's MLE tabulated per gene over theta
-(stages.control_tables: table genes x (b, db, fisher, dfisher) x grid, nodes theta_lo +
-j * stages.WALD_STEP)."""
 
 
 @njit(cache=True)
@@ -129,19 +116,21 @@ def intercept_fit(theta, state, data, minmu, b_start):
 
 
 @njit(cache=True)
-def _separable_stat(g, j, pairs, control_state, control_mom, control_mle, data):
-    """LR statistic of gene g in comparison j without covariates: full model, each group
-    at its own floored-IRLS intercept (the control's Newton search starts from its tabulated
-    MLE); reduced model, DESeq2's ~ 1 shortcut, intercept log(base mean) for both."""
-    theta, k, control, minmu = pairs.theta[g, j], pairs.comps[j], pairs.control, pairs.minmu
-    tab = control_mle.table[g]
+def _separable_stat(theta, g, k, base_mean, control_state, control_mom, wald_table, search,
+                    data):
+    """LR statistic of group k against the control for gene g at dispersion e^theta without
+    covariates: full model, each group at its own floored-IRLS intercept (the control's
+    Newton search starts from its tabulated MLE, stages.control_tables); reduced model,
+    DESeq2's ~ 1 shortcut, intercept log(base_mean) for both."""
+    control, minmu = search.control, search.minmu
+    tab = wald_table[g]
     b0 = intercept_fit(theta, control_state, data, minmu,
-                       cubic_hermite(theta, control_mle.theta_lo, WALD_STEP, tab[0], tab[1]))
+                       cubic_hermite(theta, search.theta_lo, WALD_STEP, tab[0], tab[1]))
     none = np.zeros(0)
     own_state = fixed_mu(np.full(1, k, dtype=np.int64), np.zeros(1), none, g, data)
     bk = intercept_fit(theta, own_state, data, minmu, np.nan)
     own_mom = atom_moments(g, k, data)
-    br = math.log(pairs.base_mean[g, j])
+    br = math.log(base_mean)
     full = (group_loglik(theta, control, b0, none, control_mom, data)
             + group_loglik(theta, k, bk, none, own_mom, data))
     reduced = (group_loglik(theta, control, br, none, control_mom, data)
@@ -191,18 +180,19 @@ def reduced_fit(theta, ks, mom, b, c, data, minmu):
 
 
 @njit(cache=True)
-def _covariate_stat(g, j, pairs, control_mom, data):
-    """LR statistic of gene g in comparison j with covariates: the full model is the Wald
-    test's joint fit (stages._wald_pair, from the same start: the initial fit, with a group
-    without counts started at its floored point), the reduced one `reduced_fit`."""
-    theta, k, control, minmu = pairs.theta[g, j], pairs.comps[j], pairs.control, pairs.minmu
+def _covariate_stat(theta, g, j, k, fit, control_mom, search, data):
+    """LR statistic of group k against the control for gene g at dispersion e^theta with
+    covariates: the full model is the Wald test's joint fit of the pair (stages._wald_pair,
+    from the same start: dispersion comparison j's initial fit, a group without counts
+    started at its floored point), the reduced one `reduced_fit`."""
+    control, minmu = search.control, search.minmu
     ks = np.array([control, k])
     mom = np.concatenate((control_mom, group_moments(g, ks[1:], data)))
-    start = pairs.b[g][ks]
+    start = np.array([fit.control_b[g, j], fit.b[g, k]])
     for i in range(2):
         if not np.isfinite(start[i]):
             start[i] = floored_start(ks[i], data, minmu)
-    bf, cf, _ = joint_fit(theta, ks, mom, start, pairs.coef[g], data, minmu)
+    bf, cf, _ = joint_fit(theta, ks, mom, start, fit.coef[g, j], data, minmu)
     # the reduced intercept starts at the full ones' average weighted by their Fisher
     # information (the pooled estimate, to first order), c at the full fit's
     D = joint_terms(theta, ks, mom, bf, cf, data, minmu)[0][0]
@@ -217,26 +207,32 @@ def _covariate_stat(g, j, pairs, control_mom, data):
 
 
 @njit(cache=True, parallel=True)
-def lr_statistics(pairs, control_mle, data):
-    """DESeq2's LR statistic of every pair of `Pairs` (a group against the control, per
-    gene): genes x comparisons, NaN where the pair is untested (its theta is NaN or its base
-    mean 0). control_mle: the control's `ControlMLE` without covariates, None with them
-    (numba then compiles the joint fits)."""
-    n_genes = pairs.b.shape[0]
-    out = np.full((n_genes, pairs.comps.shape[0]), np.nan)
+def lr_statistics(comps, theta, base_mean, fit, wald_table, search, data):
+    """DESeq2's LR statistic of each comparison comps[i] (a group against the control) of
+    every gene at its final theta: theta[g, i], or theta[g, 0] for all when theta has one
+    column (one dispersion for every comparison: each pair is still tested on its own cells,
+    at that dispersion). Genes x comparisons, NaN where the pair is untested (its theta NaN
+    or its base mean, base_mean[g, i], 0). fit: the initial fit (stages.Fit), the start of
+    the joint fits; wald_table: the control's MLE table without covariates, None with them
+    (numba then compiles the joint fits), as stages.wald takes them."""
+    n_genes = fit.b.shape[0]
+    out = np.full((n_genes, comps.shape[0]), np.nan)
+    shared = theta.shape[1] == 1
     # the control's fixed_mu state serves its intercept search without covariates only
-    state_groups = np.full(0 if control_mle is None else 1, pairs.control, dtype=np.int64)
+    state_groups = np.full(0 if wald_table is None else 1, search.control, dtype=np.int64)
     for g in prange(n_genes):
-        control_mom = atom_moments(g, pairs.control, data)
-        control_state = fixed_mu(state_groups, np.zeros(1), pairs.coef[g], g, data)
-        for j in range(pairs.comps.shape[0]):
-            if not (np.isfinite(pairs.theta[g, j]) and pairs.base_mean[g, j] > 0.0):
+        control_mom = atom_moments(g, search.control, data)
+        control_state = fixed_mu(state_groups, np.zeros(1), np.zeros(0), g, data)
+        for i in range(comps.shape[0]):
+            j = 0 if shared else i
+            th = theta[g, j]
+            if not (np.isfinite(th) and base_mean[g, i] > 0.0):
                 continue
-            if control_mle is None:
-                out[g, j] = _covariate_stat(g, j, pairs, control_mom, data)
+            if wald_table is None:
+                out[g, i] = _covariate_stat(th, g, j, comps[i], fit, control_mom, search, data)
             else:
-                out[g, j] = _separable_stat(g, j, pairs, control_state, control_mom,
-                                            control_mle, data)
+                out[g, i] = _separable_stat(th, g, comps[i], base_mean[g, i], control_state,
+                                            control_mom, wald_table, search, data)
     return out
 
 

@@ -1,0 +1,101 @@
+"""The options of an analysis, their defaults and their checks: the one place where they are
+defined. The command line (cli.py) and perturbglm.de (api.py) take their defaults from here.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import MISSING, asdict, dataclass, field, fields
+
+import numpy as np
+
+from . import design as design_mod
+from . import size_factors as sf_mod
+from .errors import InputError
+from .io import memory
+
+CHOICES = {   # options that name one of a few methods, and DESeq2's counterpart of each
+    "dispersion": ("per-comparison", "global"),
+    "test": ("wald", "lrt"),
+    "outliers": ("filter", "replace", "off"),
+    "shrink": ("none", "apeglm"),
+}
+
+
+@dataclass
+class Options:
+    groupby: str
+    control: str | list[str] | tuple[str, ...]   # as given; see control_labels
+    covariates: list[str] = field(default_factory=list)
+    layer: str | None = None
+    size_factors: str = "library"
+    min_cells: int = 3
+    min_mu: float = 1e-6
+    dispersion: str = "per-comparison"
+    test: str = "wald"
+    outliers: str = "filter"
+    shrink: str = "none"
+    max_memory: str | int | None = None
+    chunk_cells: int | None = None
+    threads: int | None = None
+    fdr: float = 0.1
+
+    def check(self):
+        """Refuse option values the analysis cannot use, naming the option as both the
+        command line (--min-cells) and Python (min_cells=) spell it; whole numbers given as
+        floats (3.0) become ints."""
+        self.control_labels()
+        for name, allowed in CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise InputError(f"--{name} / {name}={getattr(self, name)!r}: use "
+                                 f"{', '.join(allowed[:-1])} or {allowed[-1]}")
+        if not (_is_real(self.min_mu) and math.isfinite(self.min_mu) and self.min_mu > 0):
+            raise InputError(f"--min-mu / min_mu={self.min_mu!r}: give a positive finite "
+                             "number (1e-6 by default, 0.5 for classic DESeq2)")
+        self.min_cells = _whole("min_cells", self.min_cells)
+        if self.chunk_cells is not None:
+            self.chunk_cells = _whole("chunk_cells", self.chunk_cells)
+        if self.threads is not None:
+            self.threads = _whole("threads", self.threads)
+        if not (_is_real(self.fdr) and 0 < self.fdr < 1):
+            raise InputError(f"--fdr / fdr={self.fdr!r}: give a number between 0 and 1")
+        sf_mod.parse(self.size_factors)
+        memory.parse(self.max_memory)
+
+    def control_labels(self) -> list[str]:
+        """The labels pooled as the control (design.control_labels)."""
+        return design_mod.control_labels(self.control)
+
+    def fingerprint(self) -> dict:
+        """The options that change the numbers (not memory, chunking or threads). The
+        control as its labels, so that "A,B", ["A", "B"] and ("A", "B") resume each other's
+        run; one label stays the string it was."""
+        skip = ("max_memory", "chunk_cells", "threads")
+        labels = self.control_labels()
+        return {k: v for k, v in asdict(self).items() if k not in skip} | {
+            "control": labels[0] if len(labels) == 1 else labels}
+
+
+def defaults() -> dict:
+    """Every option's default, by its Python name (required options are left out)."""
+    out = {}
+    for f in fields(Options):
+        if f.default is not MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not MISSING:
+            out[f.name] = f.default_factory()
+    return out
+
+
+def _is_real(value) -> bool:
+    """A number (int, float or numpy scalar), not a bool or a string."""
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
+def _whole(name: str, value) -> int:
+    """`value` of option `name` as an int, refused unless it is a whole number >= 1."""
+    if not (_is_real(value) and math.isfinite(value) and value == int(value) and value >= 1):
+        raise InputError(f"--{name.replace('_', '-')} / {name}={value!r}: give a whole number "
+                         "of at least 1")
+    return int(value)

@@ -35,6 +35,9 @@ def _add_de(sub):
     p.add_argument("--min-mu", type=float, default=1e-6,
                    help="floor on fitted means (default 1e-6; 0.5 is DESeq2's classic value)")
     p.add_argument("--fdr", type=float, default=0.1, help="FDR for the summary (default 0.1)")
+    p.add_argument("--shrink", default="none", choices=["none", "apeglm"],
+                   help="apeglm: add log2fc_shrunk and lfc_se_shrunk, DESeq2's "
+                        "lfcShrink(type='apeglm') (default none)")
     p.add_argument("--threads", type=int, default=None, help="threads (default: all cores)")
     p.add_argument("--max-memory", default=memory.DEFAULT,
                    help=f"memory budget, e.g. 2G or 500M (default {memory.DEFAULT}); sets the "
@@ -59,7 +62,7 @@ def _cmd_de(args) -> int:
         covariates=[c for c in args.covariates.split(",") if c], layer=args.layer,
         size_factors=args.size_factors, min_cells=args.min_cells, min_mu=args.min_mu,
         dispersion=args.dispersion, max_memory=args.max_memory, chunk_cells=args.chunk_cells,
-        threads=args.threads, fdr=args.fdr)
+        threads=args.threads, fdr=args.fdr, shrink=args.shrink)
     bar = None if args.quiet else Progress()
     try:
         written = pipeline.run(args.screen, opts, args.out, overwrite=args.overwrite,

@@ -44,6 +44,7 @@ from .io.reader import (
 )
 from .io.workspace import Workspace, fingerprint
 from .nb import special, stages, trend
+from .steps import shrink as shrink_step
 
 ALPHA_INIT = 0.5     # dispersion at which the initial means are fitted (DESeq2's alphaInit)
 MIN_DISP = trend.MIN_DISP
@@ -64,6 +65,7 @@ class Options:
     chunk_cells: int | None = None
     threads: int | None = None
     fdr: float = 0.1
+    shrink: str = "none"        # "apeglm": DESeq2's lfcShrink(type="apeglm") (steps/shrink.py)
 
     def check(self):
         """Refuse option values the analysis cannot use, naming the option as both the
@@ -72,6 +74,8 @@ class Options:
         self.control_labels()
         if self.dispersion not in ("per-comparison", "global"):
             raise InputError(f"--dispersion '{self.dispersion}': use per-comparison or global")
+        if self.shrink not in ("none", "apeglm"):
+            raise InputError(f"--shrink / shrink={self.shrink!r}: use none or apeglm")
         if not (_is_real(self.min_mu) and math.isfinite(self.min_mu) and self.min_mu > 0):
             raise InputError(f"--min-mu / min_mu={self.min_mu!r}: give a positive finite "
                              "number (1e-6 by default, 0.5 for classic DESeq2)")
@@ -429,6 +433,10 @@ def _analyse(path: str, opts: Options, budget: int, out_dir: str, overwrite: boo
         if progress:
             progress("fitting", len(ranges) + i + 1, n_steps, "steps")
     timings["stage_b"] = time.perf_counter() - t1
+    if opts.shrink == "apeglm":
+        t1 = time.perf_counter()
+        _shrink(ws, cx, blocks, len(ranges), plan.comps_chunk)
+        timings["shrink"] = time.perf_counter() - t1
     store.close()
 
     labels = np.array(des.labels, dtype=object)
@@ -497,6 +505,26 @@ def _trends(ws, cx: Context, n_blocks: int, chunk: int):
     return names, prior_var, var_log, kinds
 
 
+def _shrink(ws, cx: Context, blocks: Blocks, n_blocks: int, chunk: int) -> None:
+    """apeGLM shrinkage (steps/shrink.py): the prior scale of every comparison (a chunk of
+    comparisons at a time, across the blocks' Wald fits), then each block's shrunken fold
+    changes, saved as s<block>."""
+    if not ws.has("shrink_scale"):
+        scale = [shrink_step.prior_scale(
+                     {key: np.concatenate([ws.load(f"b{i:05d}", key, slice(c0, c0 + chunk))
+                                           for i in range(n_blocks)], axis=1)
+                      for key in ("lfc", "se")}, cx)["shrink_scale"]
+                 for c0 in range(0, cx.comps.size, chunk)]
+        ws.save_arrays("shrink_scale", shrink_scale=np.concatenate(scale))
+    scale = ws.load("shrink_scale", "shrink_scale")
+    for i in range(n_blocks):
+        if not ws.has(f"s{i:05d}"):
+            inputs = {"disp": ws.load(f"b{i:05d}", "disp"), "lfc": ws.load(f"b{i:05d}", "lfc"),
+                      "b": ws.load(f"a{i:05d}", "b"), "coef": ws.load(f"a{i:05d}", "coef"),
+                      "shrink_scale": scale}
+            ws.save_arrays(f"s{i:05d}", **shrink_step.shrink(blocks.get(i), inputs, cx))
+
+
 def _table_chunks(ws, cx: Context, ranges, trend_names, step, progress):
     """Yield (comparison labels, dict of comparisons x genes arrays) in label order."""
     n_c = cx.comps.size
@@ -538,6 +566,9 @@ def _table_chunks(ws, cx: Context, ranges, trend_names, step, progress):
         padj = np.vstack([bh(p) for p in pval])
         cols.update(stat=stat, pvalue=pval, padj=padj,
                     pct_control=np.broadcast_to(pct_control, stat.shape))
+        if cx.opts.shrink == "apeglm":
+            cols.update(lfc_shrunk=gather("s", "lfc_shrunk", rows),
+                        se_shrunk=gather("s", "se_shrunk", rows))
         if progress:
             progress("writing", c1, n_c, "perturbations")
         yield labels[cx.comps[c0:c1]], cols

@@ -26,6 +26,12 @@ COLUMNS = [  # output column <- array name in the chunks
     ("pvalue", "pvalue"), ("padj", "padj"), ("dispersion", "disp"),
     ("dispersion_gene", "disp_gene"), ("dispersion_trend", "disp_trend"),
     ("pct_perturbed", "pct_perturbed"), ("pct_control", "pct_control")]
+SHRINK_COLUMNS = [("log2fc_shrunk", "lfc_shrunk"), ("lfc_se_shrunk", "se_shrunk")]  # --shrink
+
+
+def columns(opts) -> list:
+    """The table's float columns (output name, array name) for a run's options."""
+    return COLUMNS + (SHRINK_COLUMNS if opts.shrink != "none" else [])
 
 
 ROWS_PER_GROUP = 1_000_000    # rows per parquet row group
@@ -55,10 +61,10 @@ def _arrow_strings(items) -> object:
                                  ).cast(pa.string())
 
 
-def _schema():
+def _schema(float_columns):
     import pyarrow as pa
     return pa.schema([("perturbation", pa.string()), ("gene", pa.string())]
-                     + [(name, pa.float64()) for name, _ in COLUMNS])
+                     + [(name, pa.float64()) for name, _ in float_columns])
 
 
 @dataclass
@@ -142,7 +148,8 @@ def write(out_dir: str, overwrite: bool, chunks, design, genes, info, opts, path
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    schema = _schema()
+    float_columns = columns(opts)
+    schema = _schema(float_columns)
     genes_pa = _arrow_strings(genes)
     genes_index = {}
     for i, g in enumerate(genes):
@@ -161,7 +168,8 @@ def write(out_dir: str, overwrite: bool, chunks, design, genes, info, opts, path
                 arrays = [_arrow_strings(labels).take(
                               _arrow_numbers(np.repeat(np.arange(n), G), "int64")),
                           genes_pa.take(_arrow_numbers(np.tile(np.arange(G), n), "int64"))]
-                arrays += [_arrow_numbers(cols[key].ravel(), "float64") for _, key in COLUMNS]
+                arrays += [_arrow_numbers(cols[key].ravel(), "float64")
+                           for _, key in float_columns]
                 writer.write_table(pa.Table.from_arrays(arrays, schema=schema),
                                    row_group_size=max(n * G, 1))
                 rows.extend(_summary_rows(labels, cols, code, n_cells, control_cells,

@@ -145,8 +145,8 @@ def test_shrink_pair_is_the_map(q):
             best = min(fits, key=lambda f: f.fun).x
             two_modes += max(f.fun for f in fits) - min(f.fun for f in fits) > 0.1
             start = np.concatenate([[mle_fit.x[0] + 0.1, 0.0], np.zeros(q)])
-            beta, sd = shrink.shrink_pair(theta, groups, _moms(g, data), start, lfc, scale,
-                                          data)
+            beta, sd = shrink.shrink_pair(theta, groups, _moms(g, data), start, lfc, 0.3,
+                                          scale, data)
             assert beta == pytest.approx(best[1] - best[0], abs=1e-6)
             H = _dense_information(best, y[:, g], group, sf, z, theta, scale)
             v = np.zeros(best.size)

@@ -519,9 +519,9 @@ def _shrink(ws, cx: Context, blocks: Blocks, n_blocks: int, chunk: int) -> None:
     scale = ws.load("shrink_scale", "shrink_scale")
     for i in range(n_blocks):
         if not ws.has(f"s{i:05d}"):
-            inputs = {"disp": ws.load(f"b{i:05d}", "disp"), "lfc": ws.load(f"b{i:05d}", "lfc"),
-                      "b": ws.load(f"a{i:05d}", "b"), "coef": ws.load(f"a{i:05d}", "coef"),
-                      "shrink_scale": scale}
+            inputs = {key: ws.load(f"b{i:05d}", key) for key in ("disp", "lfc", "se")}
+            inputs.update(b=ws.load(f"a{i:05d}", "b"), coef=ws.load(f"a{i:05d}", "coef"),
+                          shrink_scale=scale)
             ws.save_arrays(f"s{i:05d}", **shrink_step.shrink(blocks.get(i), inputs, cx))
 
 

@@ -59,7 +59,8 @@ def prior_scale(inputs: dict, cx) -> dict:
 
 def shrink(block, inputs: dict, cx) -> dict:
     """Gene-block scope. inputs: "disp" (final dispersions, comparisons x genes, or 1 x genes
-    with one dispersion per gene), "lfc" (MLE, log2, comparisons x genes), "b" and "coef"
+    with one dispersion per gene), "lfc" and "se" (MLE and its SE, log2, comparisons x
+    genes), "b" and "coef"
     (the initial fit, genes x groups and genes x covariates: starting values) and
     "shrink_scale" (`prior_scale`). Returns "lfc_shrunk" and "se_shrunk" (the posterior
     SD), log2, comparisons x genes, NaN where the MLE is."""
@@ -70,7 +71,8 @@ def shrink(block, inputs: dict, cx) -> dict:
         theta = np.repeat(theta, n_comps, axis=1)
     args = kernels.ShrinkInputs(
         comps=cx.comps, control=int(cx.des.control), theta=np.ascontiguousarray(theta),
-        lfc=np.ascontiguousarray(inputs["lfc"].T * ln2), b=inputs["b"],
+        lfc=np.ascontiguousarray(inputs["lfc"].T * ln2),
+        se=np.ascontiguousarray(inputs["se"].T * ln2), b=inputs["b"],
         coef=np.ascontiguousarray(inputs["coef"]),
         scale=np.asarray(inputs["shrink_scale"], dtype=np.float64))
     lfc, sd = kernels.shrink_block(args, block.kernel_args())

@@ -269,5 +269,8 @@ def test_shrink_none_adds_nothing_and_changes_nothing(screen):
     assert list(ape.columns) == base + ["log2fc_shrunk", "lfc_se_shrunk"]
     pd.testing.assert_frame_equal(none, ape[base], check_exact=True)
     assert np.array_equal(np.isnan(ape["log2fc_shrunk"]), np.isnan(ape["log2fc"]))
+    # The Cauchy prior pulls towards 0, within [0, MLE]; the intercept's N(0, 15^2) prior
+    # moves b_c, and so beta, by ~|b_c| / (225 I_c) beyond it (measured at most 8e-5 log2
+    # over the whole screen with dispersion="global"; 0 here): 1e-3 allowed.
     finite = np.isfinite(ape["log2fc"])
-    assert (ape["log2fc_shrunk"][finite].abs() <= ape["log2fc"][finite].abs() + 1e-12).all()
+    assert (ape["log2fc_shrunk"][finite].abs() <= ape["log2fc"][finite].abs() + 1e-3).all()

@@ -17,7 +17,8 @@ shares); the Cauchy prior of scale S (`steps/shrink.py` estimates it per compari
 the fold change. The shrunken fold change is beta at the mode, and its SD the square root of
 v' M^-1 v at the mode, M = -Hessian of F, v = (-1, 1, 0...): apeglm's inverse Hessian at the
 mode (the same variance as in DESeq2's (intercept, beta) parameterisation, a linear change of
-variables).
+variables). PyDESeq2 0.5.4's nbinomGLM adds the priors' curvatures to whole columns of its
+Hessian instead of its diagonal, so its SDs differ (tests/test_shrink.py).
 
 Sums over a group's cells follow kernels.py: the zero-count part of every cell from the
 group's atoms (its zero_terms table without covariates), plus the gene's counts summed per
@@ -30,8 +31,9 @@ MAP. (apeglm and PyDESeq2 run one L-BFGS from beta = -0.1 and report whichever m
 reaches.) In terms of the profile of F in beta, with l~ its concave likelihood part and m the
 MLE (say m > 0), a mode solves l~'(beta) = 2 beta / (S^2 + beta^2) =: rho(beta): there is none
 outside [0, m] and at most one in [0, S] (l~' decreases, rho increases there). So the search
-climbs from beta = 0 first, and from the MLE only when `outer_mode_possible`; that second
-climb stops if it enters |beta| <= S, where the first one's mode is the only one.
+climbs from near 0 first (`approximate_inner_mode`), and from the MLE only when
+`outer_mode_possible`; that second climb stops if it enters |beta| <= S, where the first
+one's mode is the only one.
 """
 
 import math

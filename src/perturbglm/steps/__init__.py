@@ -12,14 +12,15 @@ when asked (`step()`), looking up their function then, so that a test can stand 
 from __future__ import annotations
 
 from ..options import Options
-from . import dispersion, initial, lfc, lrt, pvalues, wald
+from . import dispersion, initial, lfc, lrt, pvalues, shrink, wald
 from .base import Step
 
 COLUMNS = [  # output column <- array, in table order; optional columns after the core
     ("base_mean", "base_mean"), ("log2fc", "lfc"), ("lfc_se", "se"), ("stat", "stat"),
     ("pvalue", "pvalue"), ("padj", "padj"), ("dispersion", "disp"),
     ("dispersion_gene", "disp_gene"), ("dispersion_trend", "disp_trend"),
-    ("pct_perturbed", "pct_perturbed"), ("pct_control", "pct_control")]
+    ("pct_perturbed", "pct_perturbed"), ("pct_control", "pct_control"),
+    ("log2fc_shrunk", "lfc_shrunk"), ("lfc_se_shrunk", "se_shrunk")]
 
 
 def for_options(opts: Options) -> list[Step]:
@@ -27,6 +28,8 @@ def for_options(opts: Options) -> list[Step]:
     steps = [initial.step(), dispersion.gene_step(), dispersion.trend_step(),
              dispersion.final_step(), lfc.step(),
              lrt.step() if opts.test == "lrt" else wald.step()]
+    if opts.shrink == "apeglm":
+        steps += [shrink.scale_step(), shrink.step()]
     steps.append(pvalues.step())
     return steps
 

@@ -235,17 +235,18 @@ def test_cox_reid_determinant_with_covariates():
     def cr(theta):
         w = mu / (1 + math.exp(theta) * mu)
         D = [np.sum(w[group == k]) for k in ks]
-        return np.log(D).sum() + _log_det_terms(kernels.schur_terms(theta, state, args, 1e-6))[0]
+        S = kernels.schur_terms(theta, state, args, 1e-6)[0]
+        return np.log(D).sum() + _log_det_terms(S)[0]
 
     for theta in (-2.0, 0.0, 1.5):
         w = mu / (1 + math.exp(theta) * mu)
         assert cr(theta) == pytest.approx(np.linalg.slogdet(X.T @ (X * w[:, None]))[1],
                                           rel=1e-10)
-        _, L1, L2 = _log_det_terms(kernels.schur_terms(theta, state, args, 1e-6))
+        _, L1, L2 = _log_det_terms(kernels.schur_terms(theta, state, args, 1e-6)[0])
         eps = 1e-4
-        lp = _log_det_terms(kernels.schur_terms(theta + eps, state, args, 1e-6))[0]
-        lm = _log_det_terms(kernels.schur_terms(theta - eps, state, args, 1e-6))[0]
-        l0 = _log_det_terms(kernels.schur_terms(theta, state, args, 1e-6))[0]
+        lp = _log_det_terms(kernels.schur_terms(theta + eps, state, args, 1e-6)[0])[0]
+        lm = _log_det_terms(kernels.schur_terms(theta - eps, state, args, 1e-6)[0])[0]
+        l0 = _log_det_terms(kernels.schur_terms(theta, state, args, 1e-6)[0])[0]
         assert L1 == pytest.approx((lp - lm) / (2 * eps), rel=1e-6, abs=1e-8)
         assert L2 == pytest.approx((lp - 2 * l0 + lm) / eps**2, rel=1e-4, abs=1e-6)
 
@@ -275,9 +276,12 @@ def test_comparison_state_from_control_atoms():
         table = np.array([lg, -r * d1, r * d1 + r * r * d2])
         np.testing.assert_allclose(np.array(kernels.profile(theta, pair, args, 1e-6)) + table,
                                    kernels.profile(theta, full, args, 1e-6), rtol=1e-12)
-        np.testing.assert_allclose(kernels.schur_terms(theta, pair, args, 1e-6),
-                                   kernels.schur_terms(theta, full, args, 1e-6), rtol=1e-12,
+        np.testing.assert_allclose(kernels.schur_terms(theta, pair, args, 1e-6)[0],
+                                   kernels.schur_terms(theta, full, args, 1e-6)[0], rtol=1e-12,
                                    atol=1e-12)
+        zero = kernels.schur_terms(theta, full, args, 1e-6)[1]     # profile's, in one pass
+        assert kernels.profile(theta, full, args, 1e-6, zero) == kernels.profile(
+            theta, full, args, 1e-6)
 
 
 def _small_block_from(y, group, sf, z):

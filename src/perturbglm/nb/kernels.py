@@ -195,11 +195,15 @@ def schur_terms(theta, state, data, minmu):
     diagonal intercept block, so log det X'WX = sum_k log D_k + log det S,
     S = sum_k (C_k - B_k B_k' / D_k), where D_k, B_k and C_k sum w, w z and w z z' over
     group k's cells. Returns S and its first two theta derivatives, stacked (3 x q x q);
-    `profile` holds the sum_k log D_k part."""
+    `profile` holds the sum_k log D_k part. The atoms' zero-count sums are taken on the
+    way: each group's `group_zero` (Emu, R_0..R_3, the same sums in the same order; with
+    covariates there are no tables), returned as `zero` (groups x 5) for `profile`, which
+    then does not visit the atoms a second time."""
     ks, bk, c = state[0], state[1], state[2]
     q = data.atom_z.shape[1]
     a = math.exp(theta)
     S = np.zeros((3, q, q))
+    zero = np.zeros((ks.shape[0], 5))
     D = np.zeros(3)
     B = np.zeros((3, q))
     C = np.zeros((3, q, q))
@@ -211,7 +215,12 @@ def schur_terms(theta, state, data, minmu):
         for t in range(data.atom_ptr[ks[i]], data.atom_ptr[ks[i] + 1]):
             _, mu, h = atom_mean(t, bk[i], c, data, minmu)
             w = data.atom_stats[t, W]
-            _, R1, R2, R3 = atom_rho(a * mu, w, h)
+            R0, R1, R2, R3 = atom_rho(a * mu, w, h)
+            zero[i, 0] += (w + h) * mu
+            zero[i, 1] += R0
+            zero[i, 2] += R1
+            zero[i, 3] += R2
+            zero[i, 4] += R3
             wt[0], wt[1], wt[2] = _zero_weights(theta, (w + h) * mu, R1, R2, R3)
             z = data.atom_z[t]
             for d in range(3):
@@ -233,14 +242,15 @@ def schur_terms(theta, state, data, minmu):
                                              + 2.0 * B[1, u] * B[1, v]) / D[0]
                                + 2.0 * cross * D[1] / D[0] ** 2
                                + bb * (D[2] / D[0] ** 2 - 2.0 * D[1] ** 2 / D[0] ** 3))
-    return S
+    return S, zero
 
 
 @njit(cache=True)
-def profile(theta, state, data, minmu):
+def profile(theta, state, data, minmu, zero=None):
     """DESeq2's Cox-Reid adjusted log-likelihood with mu held fixed, summed over the groups
     of a `fixed_mu` state: per group sum_i ll(y_i; mu_i, a) - 0.5 log(sum_i mu_i/(1 + a mu_i)),
     and its first two derivatives in theta. Terms free of a are dropped, as DESeq2 does.
+    The groups' zero-count sums are `group_zero`'s, or given (zero, from `schur_terms`).
 
     Every cell is first counted as a zero, -r u (r = 1/a, u = log(1 + a mu)); a count y then
     adds the difference lgamma(y + r) - lgamma(r) + y theta - y u. Sums over an atom's cells
@@ -253,7 +263,10 @@ def profile(theta, state, data, minmu):
     F1 = 0.0
     F2 = 0.0
     for i in range(ks.shape[0]):
-        emu, R0, R1, R2, R3 = group_zero(theta, ks[i], bk[i], c, data, minmu)
+        if zero is None:
+            emu, R0, R1, R2, R3 = group_zero(theta, ks[i], bk[i], c, data, minmu)
+        else:
+            emu, R0, R1, R2, R3 = zero[i, 0], zero[i, 1], zero[i, 2], zero[i, 3], zero[i, 4]
         f = -emu - r * R0
         f1 = r * (R0 - R1)
         f2 = r * (2.0 * R1 - R2 - R0)

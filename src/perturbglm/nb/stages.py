@@ -182,15 +182,20 @@ def _objective(theta, state, table, theta_lo, prior_mean, prior_var, data, minmu
     """Profile of the groups in `state`, plus the control's table when that is non-empty,
     plus, with covariates, the covariate part of the Cox-Reid term of the groups in `state`
     (log det S, `schur_terms`), plus the log-normal prior on the dispersion when
-    prior_var > 0."""
-    F, F1, F2 = profile(theta, state, data, minmu)
+    prior_var > 0. With covariates the atoms are visited once for both (`schur_terms`)."""
+    covariates = data.atom_z.shape[1] > 0
+    if covariates:
+        S, zero = schur_terms(theta, state, data, minmu)
+        F, F1, F2 = profile(theta, state, data, minmu, zero)
+    else:
+        F, F1, F2 = profile(theta, state, data, minmu)
     if table.shape[1] > 0:
         T, T1, T2 = quintic_hermite(theta, theta_lo, PROFILE_STEP, table, 0, 0, table.shape[1])
         F += T
         F1 += T1
         F2 += T2
-    if data.atom_z.shape[1] > 0:
-        L, L1, L2 = _log_det_terms(schur_terms(theta, state, data, minmu))
+    if covariates:
+        L, L1, L2 = _log_det_terms(S)
         F -= 0.5 * L
         F1 -= 0.5 * L1
         F2 -= 0.5 * L2

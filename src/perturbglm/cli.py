@@ -35,9 +35,9 @@ def _add_de(sub):
                    help="wald (DESeq2's nbinomWaldTest) or lrt (nbinomLRT against the design "
                         f"without the perturbation); default {d['test']}")
     p.add_argument("--outliers", choices=CHOICES["outliers"],
-                   help="Cook's distance outliers: filter (p-value NA, results()' rule with "
-                        "minReplicatesForReplace=Inf), replace (DESeq()'s replacement and "
-                        f"refit), off; default {d['outliers']}")
+                   help="Cook's distance outliers: filter (max_cooks column; p-value NaN by "
+                        "results()' rule with minReplicatesForReplace=Inf) or off (no Cook's "
+                        f"distances, cooksCutoff=FALSE); default {d['outliers']}")
     p.add_argument("--shrink", choices=CHOICES["shrink"],
                    help="log2 fold-change shrinkage: none, or apeglm (lfcShrink(type="
                         f"'apeglm')) into log2fc_shrunk, lfc_se_shrunk; default {d['shrink']}")

@@ -18,7 +18,7 @@ from .io import memory
 CHOICES = {   # options that name one of a few methods, and DESeq2's counterpart of each
     "dispersion": ("per-comparison", "global"),
     "test": ("wald", "lrt"),
-    "outliers": ("filter", "replace", "off"),
+    "outliers": ("filter", "off"),
     "shrink": ("none", "apeglm"),
 }
 
@@ -46,6 +46,10 @@ class Options:
         command line (--min-cells) and Python (min_cells=) spell it; whole numbers given as
         floats (3.0) become ints."""
         self.control_labels()
+        if self.outliers == "replace":
+            raise InputError("--outliers / outliers='replace' (DESeq()'s replacement of outlier "
+                             "counts and refit) is not implemented; use filter (the default, "
+                             "DESeq2's single-cell advice) or off")
         for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise InputError(f"--{name} / {name}={getattr(self, name)!r}: use "

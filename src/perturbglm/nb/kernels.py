@@ -498,13 +498,25 @@ def _schur_step(D, B, C, sb, sc):
 
 
 @njit(cache=True)
-def joint_fit(theta, ks, mom, b, c, data, minmu):
+def _pooled(D, B, sb):
+    """`joint_terms`' intercept block for one intercept shared by all its groups: the sums
+    of the groups' D, B and scores (the information of a common intercept)."""
+    return (D.sum(axis=1).reshape(2, 1), B.sum(axis=1).reshape(2, 1, B.shape[2]),
+            np.full(1, sb.sum()))
+
+
+@njit(cache=True)
+def joint_fit(theta, ks, mom, b, c, data, minmu, shared=False):
     """Joint fit of `joint_terms`' model from (b, c), to the fixed point of DESeq2's IRLS
     (Fisher scoring): it ends when the Fisher step is below 1e-10. Newton steps on the
     observed information get there in about half the iterations; one is taken only where
     it is at most twice the Fisher step, and none after a Newton step that did not shrink
     the Fisher step (on flat likelihoods, one count at a dispersion of 50, Newton's method
-    oscillates). Steps are capped at 5 and coefficients at +-BETA_BOUND.
+    oscillates). Steps are capped at 5 and coefficients at +-BETA_BOUND, and a step that
+    went more than twice past the maximum along its line is halved (the log-likelihood is
+    concave in the coefficients, so its slope along the step tells). With shared, the
+    groups have one intercept (b's entries equal): the design without the group indicator,
+    as the likelihood-ratio test's reduced model.
 
     Returns (b, c, bounded): bounded is True when a coefficient ran to its bound, i.e. the
     cells could not identify it (a covariate stratum without counts)."""
@@ -512,8 +524,22 @@ def joint_fit(theta, ks, mom, b, c, data, minmu):
     c = c.copy()
     newton = True
     last = np.inf
+    slope = 0.0      # the log-likelihood's slope along the last step, where it was taken
+    b_from, c_from = b.copy(), c.copy()
+    tb, tc = np.zeros(1), np.zeros(c.shape[0])
     for _ in range(200):
         D, B, C, sb, sc = joint_terms(theta, ks, mom, b, c, data, minmu)
+        if shared:
+            D, B, sb = _pooled(D, B, sb)
+        if slope > 0.0 and np.dot(sb, tb) + np.dot(sc, tc) < -slope:
+            # The last step went more than twice past the maximum along its line (the
+            # concave log-likelihood's slope turned from `slope` to below -slope): Fisher
+            # scoring oscillates on flat likelihoods (a count of 1000 among ones at a
+            # dispersion of 25 ended 0.5 log2 from the MLE), so take half of it.
+            tb, tc, slope = 0.5 * tb, 0.5 * tc, 0.5 * slope
+            b = np.minimum(np.maximum(b_from + tb, -BETA_BOUND), BETA_BOUND)
+            c = np.minimum(np.maximum(c_from + tc, -BETA_BOUND), BETA_BOUND)
+            continue
         db, dc = _schur_step(D[0], B[0], C[0], sb, sc)
         big = max(np.max(np.abs(db)), np.max(np.abs(dc)) if c.shape[0] > 0 else 0.0)
         if big >= 1e-10 and newton:
@@ -527,8 +553,11 @@ def joint_fit(theta, ks, mom, b, c, data, minmu):
         last = big
         step = max(np.max(np.abs(db)), np.max(np.abs(dc)) if c.shape[0] > 0 else 0.0)
         shrink = 5.0 / step if step > 5.0 else 1.0
-        b = np.minimum(np.maximum(b + shrink * db, -BETA_BOUND), BETA_BOUND)
-        c = np.minimum(np.maximum(c + shrink * dc, -BETA_BOUND), BETA_BOUND)
+        tb, tc = shrink * db, shrink * dc
+        slope = np.dot(sb, tb) + np.dot(sc, tc)
+        b_from, c_from = b, c
+        b = np.minimum(np.maximum(b + tb, -BETA_BOUND), BETA_BOUND)
+        c = np.minimum(np.maximum(c + tc, -BETA_BOUND), BETA_BOUND)
         if big < 1e-10:
             break
     bounded = np.any(np.abs(b) >= BETA_BOUND) or np.any(np.abs(c) >= BETA_BOUND)

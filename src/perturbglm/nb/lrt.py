@@ -44,8 +44,6 @@ from numba import njit, prange
 
 from .hermite import cubic_hermite
 from .kernels import (
-    BETA_BOUND,
-    _schur_step,
     _score_terms,
     _sigmoid_terms,
     atom_moments,
@@ -139,52 +137,12 @@ def _separable_stat(theta, g, k, base_mean, control_state, control_mom, wald_tab
 
 
 @njit(cache=True)
-def _reduced_terms(theta, ks, mom, b, c, data, minmu):
-    """Score and information of the reduced model with covariates (one intercept b for the
-    cells of both groups ks, coefficients c), in `kernels.joint_terms`' layout with a single
-    intercept: the full model's terms at equal intercepts, summed over the two groups."""
-    D, B, C, sb, sc = joint_terms(theta, ks, mom, np.full(2, b), c, data, minmu)
-    return ((D[:, 0] + D[:, 1]).reshape(2, 1), (B[:, 0] + B[:, 1]).reshape(2, 1, -1), C,
-            np.full(1, sb[0] + sb[1]), sc)
-
-
-@njit(cache=True)
-def reduced_fit(theta, ks, mom, b, c, data, minmu):
-    """The reduced model with covariates fitted from (b, c) to the fixed point of DESeq2's
-    floored IRLS (Fisher scoring), with `kernels.joint_fit`'s steps: Newton steps on the
-    observed information where at most twice the Fisher step, and none after one that did
-    not shrink it; steps capped at 5, coefficients at +-BETA_BOUND; done when the Fisher
-    step is below 1e-10. Returns (b, c)."""
-    c = c.copy()
-    newton = True
-    last = np.inf
-    for _ in range(200):
-        D, B, C, sb, sc = _reduced_terms(theta, ks, mom, b, c, data, minmu)
-        db, dc = _schur_step(D[0], B[0], C[0], sb, sc)
-        big = max(abs(db[0]), np.max(np.abs(dc)) if c.shape[0] > 0 else 0.0)
-        if big >= 1e-10 and newton:
-            if big > last:
-                newton = False
-            elif D[1, 0] > 0.0:
-                nb, nc = _schur_step(D[1], B[1], C[1], sb, sc)
-                if max(abs(nb[0]), np.max(np.abs(nc)) if c.shape[0] > 0 else 0.0) <= 2.0 * big:
-                    db, dc = nb, nc
-        last = big
-        step = max(abs(db[0]), np.max(np.abs(dc)) if c.shape[0] > 0 else 0.0)
-        shrink = 5.0 / step if step > 5.0 else 1.0
-        b = min(max(b + shrink * db[0], -BETA_BOUND), BETA_BOUND)
-        c = np.minimum(np.maximum(c + shrink * dc, -BETA_BOUND), BETA_BOUND)
-        if big < 1e-10:
-            break
-    return b, c
-
-
-@njit(cache=True)
 def _covariate_stat(theta, g, j, k, fit, control_mom, search, data):
     """LR statistic of group k against the control for gene g at dispersion e^theta with
     covariates: the full model is the Wald test's joint fit of the pair (stages._wald_pair,
     from the same start: dispersion comparison j's initial fit, a group without counts
-    started at its floored point), the reduced one `reduced_fit`."""
+    started at its floored point), the reduced one `kernels.joint_fit` with one intercept
+    for both groups."""
     control, minmu = search.control, search.minmu
     ks = np.array([control, k])
     mom = np.concatenate((control_mom, group_moments(g, ks[1:], data)))
@@ -196,8 +154,9 @@ def _covariate_stat(theta, g, j, k, fit, control_mom, search, data):
     # the reduced intercept starts at the full ones' average weighted by their Fisher
     # information (the pooled estimate, to first order), c at the full fit's
     D = joint_terms(theta, ks, mom, bf, cf, data, minmu)[0][0]
-    br, cr = reduced_fit(theta, ks, mom, (D[0] * bf[0] + D[1] * bf[1]) / (D[0] + D[1]), cf,
-                         data, minmu)
+    pooled = (D[0] * bf[0] + D[1] * bf[1]) / (D[0] + D[1])
+    b_reduced, cr, _ = joint_fit(theta, ks, mom, np.full(2, pooled), cf, data, minmu, True)
+    br = b_reduced[0]
     n0 = control_mom.shape[0]
     full = (group_loglik(theta, control, bf[0], cf, control_mom, data)
             + group_loglik(theta, k, bf[1], cf, mom[n0:], data))

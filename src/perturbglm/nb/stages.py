@@ -333,10 +333,12 @@ def final_dispersions(dcomps, start, prior, fit, search, data):
 
 
 @njit(cache=True)
-def _wald_pair(th, g, j, k, fit, control_mom, wald_table, search, data):
+def _wald_pair(th, g, j, k, fit, control_mom, wald_table, search, data, coefs):
     """Natural-log fold change of group k over the control for gene g at dispersion e^th,
     and its Fisher standard error; NaN where either group has no counts (the MLE lies at
-    the boundary).
+    the boundary). The fitted coefficients (control intercept, group k's, covariate
+    coefficients) go to `coefs` (left NaN where the fold change is): Cook's distances need
+    the fitted means.
 
     Without covariates the groups are separable: the control's MLE and information come from
     its table, SE = sqrt(1/I_control + 1/I_group). With covariates (wald_table None, which
@@ -353,6 +355,8 @@ def _wald_pair(th, g, j, k, fit, control_mom, wald_table, search, data):
         b_start = np.array([fit.control_b[g, j], b[g, k]])
         bj, cj, _ = joint_fit(th, ks, mom, b_start, fit.coef[g, j], data, search.minmu)
         D, B, C, _, _ = joint_terms(th, ks, mom, bj, cj, data, search.minmu)
+        coefs[:2] = bj
+        coefs[2:] = cj
         return bj[1] - bj[0], math.sqrt(contrast_variance(D[0], B[0], C[0]))
     tab = wald_table[g]
     b0 = cubic_hermite(th, search.theta_lo, WALD_STEP, tab[0], tab[1])
@@ -360,18 +364,21 @@ def _wald_pair(th, g, j, k, fit, control_mom, wald_table, search, data):
     own = fixed_mu(np.full(1, k, dtype=np.int64), b[g][k:k + 1], fit.coef[g, j], g, data)
     bk, ik, _, _ = mle(th, own, data, search.minmu, np.nan)
     if i0 > 0.0 and ik > 0.0:
+        coefs[0] = b0
+        coefs[1] = bk
         return bk - b0, math.sqrt(1.0 / i0 + 1.0 / ik)
     return np.nan, np.nan
 
 
 @njit(cache=True)
-def _wald_all_groups(th, g, comps, valid, fit, search, data):
+def _wald_all_groups(th, g, comps, valid, fit, search, data, coefs):
     """With covariates and one dispersion (and one initial fit) for every comparison,
     dispersion="global": DESeq2's Wald test on all cells at once (design ~ group +
     covariates): every group's intercept and the shared coefficients fitted jointly at
     dispersion e^th from the global initial fit, each comparison's fold change
     b_k - b_control with its variance from the joint information. Returns the rows of
-    `wald` (NaN where valid is False or either group has no counts)."""
+    `wald` (NaN where valid is False or either group has no counts), the fitted
+    coefficients of each comparison (its groups' intercepts, the shared ones) in coefs."""
     lfc = np.full(comps.shape[0], np.nan)
     se = np.full(comps.shape[0], np.nan)
     control = search.control
@@ -389,6 +396,9 @@ def _wald_all_groups(th, g, comps, valid, fit, search, data):
         if valid[i] and k >= 0:
             lfc[i] = b[k] - b[where[control]]
             se[i] = math.sqrt(var[k])
+            coefs[i, 0] = b[where[control]]
+            coefs[i, 1] = b[k]
+            coefs[i, 2:] = c
     return lfc, se
 
 
@@ -400,16 +410,18 @@ def wald(comps, theta, valid, fit, wald_table, search, data):
     fits every group at once, `_wald_all_groups`; with a single comparison that is the same
     fit); pairs with valid[g, i] False are skipped (NaN). wald_table: the control's MLE
     table without covariates, None with them (see `_wald_pair`). Returns the natural-log
-    fold changes and their standard errors."""
+    fold changes, their standard errors and the fitted coefficients (genes x comparisons x
+    (control intercept, group intercept, covariate coefficients))."""
     n_genes = fit.b.shape[0]
     lfc = np.full((n_genes, comps.shape[0]), np.nan)
     se = np.full((n_genes, comps.shape[0]), np.nan)
+    coefs = np.full((n_genes, comps.shape[0], 2 + data.atom_z.shape[1]), np.nan)
     shared = theta.shape[1] == 1
     control_only = np.full(1, search.control, dtype=np.int64)
     for g in prange(n_genes):
         if shared and wald_table is None:
             lfc[g], se[g] = _wald_all_groups(theta[g, 0], g, comps, valid[g], fit, search,
-                                             data)
+                                             data, coefs[g])
             continue
         control_mom = (group_moments(g, control_only, data) if wald_table is None
                        else np.empty((0, 3)))
@@ -417,5 +429,5 @@ def wald(comps, theta, valid, fit, wald_table, search, data):
             j = 0 if shared else i
             if valid[g, i] and np.isfinite(theta[g, j]):
                 lfc[g, i], se[g, i] = _wald_pair(theta[g, j], g, j, comps[i], fit, control_mom,
-                                                 wald_table, search, data)
-    return lfc, se
+                                                 wald_table, search, data, coefs[g, i])
+    return lfc, se, coefs

@@ -12,7 +12,7 @@ when asked (`step()`), looking up their function then, so that a test can stand 
 from __future__ import annotations
 
 from ..options import Options
-from . import dispersion, initial, lfc, lrt, pvalues, shrink, wald
+from . import cooks, dispersion, initial, lfc, lrt, pvalues, shrink, wald
 from .base import Step
 
 COLUMNS = [  # output column <- array, in table order; optional columns after the core
@@ -20,7 +20,7 @@ COLUMNS = [  # output column <- array, in table order; optional columns after th
     ("pvalue", "pvalue"), ("padj", "padj"), ("dispersion", "disp"),
     ("dispersion_gene", "disp_gene"), ("dispersion_trend", "disp_trend"),
     ("pct_perturbed", "pct_perturbed"), ("pct_control", "pct_control"),
-    ("log2fc_shrunk", "lfc_shrunk"), ("lfc_se_shrunk", "se_shrunk")]
+    ("max_cooks", "max_cooks"), ("log2fc_shrunk", "lfc_shrunk"), ("lfc_se_shrunk", "se_shrunk")]
 
 
 def for_options(opts: Options) -> list[Step]:
@@ -28,9 +28,11 @@ def for_options(opts: Options) -> list[Step]:
     steps = [initial.step(), dispersion.gene_step(), dispersion.trend_step(),
              dispersion.final_step(), lfc.step(),
              lrt.step() if opts.test == "lrt" else wald.step()]
+    if opts.outliers == "filter":
+        steps.append(cooks.step())
     if opts.shrink == "apeglm":
         steps += [shrink.scale_step(), shrink.step()]
-    steps.append(pvalues.step())
+    steps.append(pvalues.step(reads_outliers=opts.outliers == "filter"))
     return steps
 
 

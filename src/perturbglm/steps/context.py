@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
 from ..design import Design
 from ..io.summaries import Atoms
-from ..nb import stages, trend
+from ..nb import cooks, stages, trend
 from ..options import Options
 
 ALPHA_INIT = 0.5     # dispersion at which the initial means are fitted (DESeq2's alphaInit)
@@ -50,6 +51,12 @@ class Context:
     def search(self) -> stages.Search:
         return stages.Search(self.lo, self.hi, self.theta_lo, float(self.opts.min_mu),
                              self.des.control)
+
+    @cached_property
+    def strata(self) -> cooks.Layout:
+        """The design's strata (a group and a covariate row) of every cell, shared by all
+        genes (made once: it sorts every cell)."""
+        return cooks.layout(self.atoms)
 
     def without_covariates(self, table: np.ndarray) -> np.ndarray | None:
         """A table the kernels take only without covariates (the control's MLE table); None

@@ -1,0 +1,484 @@
+"""Cook's distances of every (gene, comparison), as DESeq2's nbinomWaldTest records them.
+
+For a comparison run alone (the control and one group, design ~ condition or
+~ covariates + condition, p coefficients), DESeq2 (calculateCooksDistance) gives every cell
+
+    D_i = (y_i - mu_i)^2 / (mu_i + a_r mu_i^2) / p * h_i / (1 - h_i)^2,
+
+with mu_i the Wald fit's mean (unfloored), h_i its hat value w_i x_i'(X'WX)^-1 x_i, with
+w_i = m_i / (1 + a m_i), m_i = max(mu_i, minmu), at the final dispersion a (fitBeta's
+hat_diagonals), and a_r the robust method-of-moments dispersion (robustMethodOfMomentsDisp):
+the largest over the "cells" of the design (distinct rows of the model matrix, here a group
+and a covariate row: a *stratum*) with at least 3 samples of the trimmed variance of the
+normalised counts (trimmedCellVariance), v, and then a_r = max((v - m) / m^2, 0.04), m the
+mean normalised count of the comparison's cells. maxCooks (recordMaxCooks) is the largest
+D_i over the cells of strata of at least 3 samples.
+
+Within a stratum mu_i = s_i e^l (l = intercept + z'c) and h_i = w_i c_s, where c_s =
+x_s'(X'WX)^-1 x_s is the stratum's; so D_i is a function of (y_i, s_i) only, and the work
+follows non-zeros:
+
+- A zero count has D(0, s) increasing in s: the stratum's zeros reach their maximum at its
+  zero cell of largest size factor, found by a mex over the places (by decreasing size
+  factor) of its non-zero cells: O(non-zeros).
+- The control is shared by all comparisons. Its per-stratum trimmed variances are computed
+  once per gene, and so is a short list of candidate cells that contains every
+  comparison's maximum, whatever the comparison's fit and dispersions:
+  * where y < u (u = s e^l), D is decreasing in y and increasing in u (d log D / du =
+    2/(u - y) - a_r/(1 + a_r u) - a/(1 + a u) + 2 h'/(1 - h) > 0, each negative term being
+    above -1/u): a cell is beaten by any cell with a smaller or equal count and a larger
+    or equal size factor. The candidates are the zero of largest size factor and the
+    non-zero cells above it on the frontier (count down, size factor up).
+  * where y > u, D is increasing in y, and decreasing in u when c_s y <= 1: with h' =
+    c_s / (1 + a u)^2 <= c_s and 1 - h >= 1 - c_s u, the positive term 2 h'/(1 - h) is
+    then below 2 / (y - u). A cell is then beaten by any cell with a larger or equal count
+    and a smaller or equal size factor: the candidates are the frontier (count up, size
+    factor down).
+  Each comparison checks c_s y_max <= 1 for each control stratum (y_max its largest count);
+  where it fails (a count above the stratum's total Fisher weight: rare), that stratum's
+  non-zero cells are all visited for that comparison. The maximum is therefore exact.
+- A perturbation's strata are small: its non-zero cells are visited.
+
+Strata, places and per-stratum sorted size factors are a `Layout` (see `layout`), shared
+by all genes.
+"""
+
+import math
+from collections import namedtuple
+
+import numpy as np
+from numba import njit, prange
+
+from .hermite import cubic_hermite
+from .kernels import fixed_mu, group_moments, joint_fit, joint_terms, mle
+from .stages import WALD_STEP
+from .zero_terms import group_zero, tabulated
+
+MIN_REPLICATES = 3        # nOrMoreInCell(modelMatrix, n = 3): strata behind maxCooks, a_r
+MIN_ROBUST_DISP = 0.04    # robustMethodOfMomentsDisp's floor (minDisp)
+
+Layout = namedtuple("Layout", [
+    "cell_stratum", "cell_place", "stratum_ptr", "stratum_n", "stratum_z", "sorted_ptr",
+    "sorted_logs"])
+Layout.__doc__ = """The strata of every group, shared by all genes: cell_stratum[cell] (cells
+by rank, as in the kernels' data), strata of group k are stratum_ptr[k]:stratum_ptr[k+1],
+stratum_n its cells, stratum_z its covariate row; sorted_logs[sorted_ptr[s]:sorted_ptr[s+1]]
+the log size factors of stratum s in decreasing order, and cell_place[cell] the cell's place
+in that order."""
+
+Rule = namedtuple("Rule", ["p", "cutoff", "two_groups"])
+Rule.__doc__ = """results()' Cook's rule: p coefficients, cutoff (per comparison,
+qf(0.99, p, m - p)), two_groups (a design of one two-level factor: DESeq2's "3 or more
+larger counts" exemption applies)."""
+ControlSummary = namedtuple("ControlSummary", ["var", "zero", "ymax", "cand_lo", "cand_hi",
+                                               "cand"])
+ControlSummary.__doc__ = """The control's per-gene summaries (`control_summaries`): trimmed
+variances, largest zero and largest count per stratum (genes x strata), and the candidate
+entries cand[cand_lo[g]:cand_hi[g]] of gene g."""
+
+
+def layout(atoms) -> Layout:
+    """The `Layout` of summaries.Atoms: a stratum is a group and a covariate row (atoms are
+    made within strata, so an atom's stratum is its group and its covariate row)."""
+    atom_group = np.repeat(np.arange(atoms.G), np.diff(atoms.atom_ptr))
+    keys = np.column_stack([atom_group.astype(np.float64), atoms.atom_z])
+    rows, atom_stratum = np.unique(keys, axis=0, return_inverse=True)  # by group first
+    cell_stratum = atom_stratum.ravel()[atoms.cell_atom].astype(np.int64)
+    stratum_n = np.bincount(cell_stratum, minlength=rows.shape[0]).astype(np.int64)
+    sorted_ptr = np.concatenate([[0], np.cumsum(stratum_n)]).astype(np.int64)
+    order = np.lexsort((-atoms.cell_logs, cell_stratum))
+    cell_place = np.empty(order.size, dtype=np.int64)
+    cell_place[order] = np.arange(order.size) - sorted_ptr[cell_stratum[order]]
+    stratum_ptr = np.searchsorted(rows[:, 0], np.arange(atoms.G + 1)).astype(np.int64)
+    return Layout(cell_stratum, cell_place, stratum_ptr, stratum_n,
+                  np.ascontiguousarray(rows[:, 1:]), sorted_ptr,
+                  np.ascontiguousarray(atoms.cell_logs[order]))
+
+
+@njit(cache=True)
+def by_stratum(g, k, data, lay):
+    """The entries (rows of data.nz) of gene g in group k ordered by stratum, counting-sorted:
+    (entries, run_ptr), run i (stratum stratum_ptr[k] + i) being entries[run_ptr[i]:
+    run_ptr[i+1]]."""
+    s0 = lay.stratum_ptr[k]
+    n_strata = lay.stratum_ptr[k + 1] - s0
+    e0 = data.nz_ptr[g * data.G + k]
+    e1 = data.nz_ptr[g * data.G + k + 1]
+    run_ptr = np.zeros(n_strata + 1, dtype=np.int64)
+    for e in range(e0, e1):
+        run_ptr[lay.cell_stratum[data.nz[e, 0]] - s0 + 1] += 1
+    for i in range(n_strata):
+        run_ptr[i + 1] += run_ptr[i]
+    pos = run_ptr[:-1].copy()
+    out = np.empty(e1 - e0, dtype=np.int64)
+    for e in range(e0, e1):
+        i = lay.cell_stratum[data.nz[e, 0]] - s0
+        out[pos[i]] = e
+        pos[i] += 1
+    return out, run_ptr
+
+
+@njit(cache=True)
+def top_zero(ents, s, data, lay):
+    """Log size factor of stratum s's zero-count cell of largest size factor, given the
+    entries `ents` of its non-zero cells (-inf: every cell is non-zero). The first place
+    (by decreasing size factor) that no non-zero cell holds: O(non-zeros)."""
+    r = ents.shape[0]
+    if r >= lay.stratum_n[s]:
+        return -np.inf
+    held = np.zeros(r + 1, dtype=np.bool_)
+    for e in ents:
+        place = lay.cell_place[data.nz[e, 0]]
+        if place <= r:
+            held[place] = True
+    place = 0
+    while held[place]:
+        place += 1
+    return lay.sorted_logs[lay.sorted_ptr[s] + place]
+
+
+@njit(cache=True)
+def _trim(n):
+    """trimmedCellVariance's trim ratio and variance scale for a cell of n samples."""
+    if n <= 3:
+        return 1.0 / 3.0, 2.04
+    if n <= 23:
+        return 0.25, 1.86
+    return 0.125, 1.51
+
+
+@njit(cache=True)
+def _sum_range(x, lo, hi):
+    out = 0.0
+    for i in range(max(lo, 0), min(hi, x.shape[0])):
+        out += x[i]
+    return out
+
+
+@njit(cache=True)
+def trimmed_cell_variance(ents, n, data):
+    """DESeq2's trimmedCellVariance of one stratum of n cells whose non-zero counts are the
+    entries `ents`: scale * the trimmed mean of the squared deviations of the normalised
+    counts y/s from their trimmed mean (R's mean(x, trim): drop floor(n trim) values at
+    each end of the sorted values). The n - r zeros are one block at the bottom of the
+    sorted values, and their squared deviations one block of tm^2 placed among the others':
+    only the r non-zero values are sorted."""
+    r = ents.shape[0]
+    n0 = n - r
+    trim, scale = _trim(n)
+    lo = int(math.floor(n * trim))       # 0-based first kept value; hi: one past the last
+    hi = n - lo
+    if r <= lo:         # only zeros kept: trimmed mean 0, and the squared deviations sort alike
+        return 0.0
+    x = np.empty(r)
+    for i in range(r):
+        e = ents[i]
+        x[i] = data.nz[e, 1] * math.exp(-data.cell_logs[data.nz[e, 0]])
+    x.sort()
+    tm = _sum_range(x, lo - n0, hi - n0) / (hi - lo)
+    d = (x - tm) ** 2
+    d.sort()
+    z = tm * tm
+    a = np.searchsorted(d, z)            # merged order: d[:a], n0 times z, d[a:]
+    total = _sum_range(d, lo, min(hi, a))
+    total += z * max(0, min(hi, a + n0) - max(lo, a))
+    total += _sum_range(d, max(lo, a + n0) - n0, hi - n0)
+    return scale * total / (hi - lo)
+
+
+@njit(cache=True)
+def _mark_frontiers(ents, zero_log, data, lay, mark):
+    """Mark the candidate cells of one control stratum (see the module docstring): the
+    frontier (count up, size factor down) of its non-zero cells, and the frontier (count
+    down, size factor up) of those above its largest zero's size factor zero_log."""
+    r = ents.shape[0]
+    if r == 0:
+        return
+    place = np.empty(r, dtype=np.int64)
+    for i in range(r):
+        place[i] = lay.cell_place[data.nz[ents[i], 0]]
+    order = np.argsort(place)            # by decreasing size factor (places are distinct)
+    # (count down, size up): from the smallest size factor up, a count above all before
+    top = 0
+    for t in range(r - 1, -1, -1):
+        e = ents[order[t]]
+        if data.nz[e, 1] > top:
+            mark[e] = True
+            top = data.nz[e, 1]
+    # (count up, size down): from the largest size factor down to the largest zero's, a
+    # count below all before
+    low = np.iinfo(np.int32).max
+    for t in range(r):
+        e = ents[order[t]]
+        if data.cell_logs[data.nz[e, 0]] <= zero_log:
+            break
+        if data.nz[e, 1] < low:
+            mark[e] = True
+            low = data.nz[e, 1]
+
+
+@njit(cache=True, parallel=True)
+def control_summaries(control, lay, data):
+    """What every comparison needs of the control cells, once per gene (genes x control
+    strata): the trimmed cell variance (NaN for strata of fewer than MIN_REPLICATES cells),
+    the log size factor of the largest zero (-inf: none), the largest count; and `mark`,
+    True on the entries of data.nz that are candidates for the maximum."""
+    n_genes = (data.nz_ptr.shape[0] - 1) // data.G
+    s0 = lay.stratum_ptr[control]
+    n_strata = lay.stratum_ptr[control + 1] - s0
+    var = np.full((n_genes, n_strata), np.nan)
+    zero_log = np.full((n_genes, n_strata), -np.inf)
+    y_max = np.zeros((n_genes, n_strata))
+    mark = np.zeros(data.nz.shape[0], dtype=np.bool_)
+    for g in prange(n_genes):
+        ents, run_ptr = by_stratum(g, control, data, lay)
+        for i in range(n_strata):
+            run = ents[run_ptr[i]:run_ptr[i + 1]]
+            n = lay.stratum_n[s0 + i]
+            if n < MIN_REPLICATES:
+                continue
+            var[g, i] = trimmed_cell_variance(run, n, data)
+            zero_log[g, i] = top_zero(run, s0 + i, data, lay)
+            for e in run:
+                y_max[g, i] = max(y_max[g, i], data.nz[e, 1])
+            _mark_frontiers(run, zero_log[g, i], data, lay, mark)
+    return var, zero_log, y_max, mark
+
+
+@njit(cache=True)
+def _cooks(y, log_s, log_mean, lev, a, a_r, p, minmu):
+    """Cook's distance of a count y of a cell with log size factor log_s in a stratum of log
+    mean log_mean and leverage factor lev (h = w lev), at dispersion a (hat values) and
+    robust dispersion a_r (Pearson residual). 0 where the mean is 0 (a group without
+    counts, whose fitted mean DESeq2 drives to its bound: D of order e^-30)."""
+    mu = math.exp(log_s + log_mean)
+    if mu == 0.0:
+        return 0.0
+    m = max(mu, minmu)
+    h = lev * m / (1.0 + a * m)
+    return (y - mu) ** 2 / (mu + a_r * mu * mu) / p * h / ((1.0 - h) * (1.0 - h))
+
+
+@njit(cache=True)
+def _fit(th, g, j, k, wald_fit, fit, wald_table, search, data):
+    """The Wald fit (control intercept, group k's, covariate coefficients) of gene g at
+    dispersion e^th: `wald_fit` where the test made it, else (a group without counts, whose
+    MLE lies at the boundary: intercept -inf) the fit of the groups with counts. Without
+    covariates the control's comes from its MLE table, with them the groups with counts are
+    fitted jointly from dispersion comparison j's initial fit (stages.Fit)."""
+    out = wald_fit.copy()
+    if np.isfinite(out[0]) and np.isfinite(out[1]):
+        return out
+    control, minmu = search.control, search.minmu
+    ks = np.array([control, k])
+    has = np.empty(2, dtype=np.bool_)
+    for i in range(2):
+        has[i] = data.nz_ptr[g * data.G + ks[i] + 1] > data.nz_ptr[g * data.G + ks[i]]
+    out[:2] = -np.inf
+    out[2:] = fit.coef[g, j]
+    if not (has[0] or has[1]):
+        return out
+    if wald_table is None:
+        live = ks[has]
+        start = np.array([fit.control_b[g, j], fit.b[g, k]])[has]
+        bj, cj, _ = joint_fit(th, live, group_moments(g, live, data), start, fit.coef[g, j],
+                              data, minmu)
+        t = 0
+        for i in range(2):
+            if has[i]:
+                out[i] = bj[t]
+                t += 1
+        out[2:] = cj
+        return out
+    if has[0]:
+        tab = wald_table[g]
+        out[0] = cubic_hermite(th, search.theta_lo, WALD_STEP, tab[0], tab[1])
+    if has[1]:
+        state = fixed_mu(np.full(1, k, dtype=np.int64), np.zeros(1), fit.coef[g, j], g, data)
+        out[1] = mle(th, state, data, minmu, np.nan)[0]
+    return out
+
+
+@njit(cache=True)
+def _leverages(th, ks, bk, c, lay, data, minmu):
+    """Per stratum of the groups ks (with finite intercepts bk, covariate coefficients c),
+    c_s = x_s'(X'WX)^-1 x_s at dispersion e^th, Fisher weights
+    w = m/(1 + a m): with one intercept per group, 1/D_i + (u_i - z_s)' S^-1 (u_i - z_s),
+    u_i = B_i / D_i, S the Schur complement C - sum_i B_i B_i' / D_i
+    (kernels.contrast_variance's algebra). DESeq2's ridge of 1e-6 on X'WX is left out (its
+    effect is below 1e-6 relative). Returns an array over the strata of ks[0] and one over
+    those of ks[-1] (the same array when ks has one group)."""
+    q = data.atom_z.shape[1]
+    n = ks.shape[0] - 1
+    tables = q == 0
+    for i in range(n + 1):
+        tables = tables and tabulated(ks[i], math.exp(bk[i]), data, minmu)
+    if tables:
+        # without covariates c_s = 1/D_k, D_k from the group's zero-count table: O(1)
+        d = np.empty(n + 1)
+        for i in range(n + 1):
+            emu, _, R1, _, _ = group_zero(th, ks[i], bk[i], c, data, minmu)
+            d[i] = emu + R1 * math.exp(-th)
+        none = np.empty((0, 0))
+        first = _group_leverage(ks[0], d[0], np.empty(0), none, lay)
+        return first, _group_leverage(ks[n], d[n], np.empty(0), none, lay) if n else first
+    n_atoms = 0
+    for k in ks:
+        n_atoms += data.atom_ptr[k + 1] - data.atom_ptr[k]
+    D, B, C, _, _ = joint_terms(th, ks, np.zeros((n_atoms, 3)), bk, c, data, minmu)
+    S = C[0].copy()
+    for i in range(ks.shape[0]):
+        S -= np.outer(B[0, i], B[0, i]) / D[0, i]
+    S_inv = np.linalg.inv(S) if q > 0 else S
+    first = _group_leverage(ks[0], D[0, 0], B[0, 0], S_inv, lay)
+    return first, _group_leverage(ks[n], D[0, n], B[0, n], S_inv, lay) if n else first
+
+
+@njit(cache=True)
+def _group_leverage(k, d_k, b_k, S_inv, lay):
+    """`_leverages` of group k's strata from its information terms D_k, B_k."""
+    q = b_k.shape[0]
+    s0 = lay.stratum_ptr[k]
+    out = np.full(lay.stratum_ptr[k + 1] - s0, 1.0 / d_k)
+    u = b_k / d_k
+    for i in range(out.shape[0]):
+        d = u - lay.stratum_z[s0 + i]
+        for r in range(q):
+            for t in range(q):
+                out[i] += d[r] * S_inv[r, t] * d[t]
+    return out
+
+
+@njit(cache=True)
+def _log_mean(s, b_group, c, lay):
+    out = b_group
+    for j in range(c.shape[0]):
+        out += lay.stratum_z[s, j] * c[j]
+    return out
+
+
+@njit(cache=True, parallel=True)
+def max_cooks(comps, theta, base_mean, wald_fit, fit, wald_table, search, rule, ctrl, lay,
+              data):
+    """maxCooks of every (gene, comparison comps[j]) and whether results()' Cook's rule
+    removes its p-value: maxCooks > rule.cutoff[j] and, for a design of one two-level
+    factor (rule.two_groups), fewer than 3 of the comparison's counts above the count of
+    the cell with the largest Cook's distance. theta[g, j]: the final log dispersion;
+    base_mean[g, j]: m; wald_fit[g, j]: the Wald test's fit (`_fit`); fit: the initial fit
+    (stages.Fit, one column per dispersion comparison); ctrl: the control's
+    `ControlSummary`. Returns (max_cooks, outlier), genes x comparisons; NaN where the
+    comparison has no counts or no stratum of MIN_REPLICATES cells."""
+    control, minmu, p = search.control, search.minmu, rule.p
+    ctrl_var, ctrl_zero, ctrl_ymax = ctrl.var, ctrl.zero, ctrl.ymax
+    cand_lo, cand_hi, cand = ctrl.cand_lo, ctrl.cand_hi, ctrl.cand
+    shared = fit.coef.shape[1] == 1         # one initial fit for every comparison
+    n_genes = theta.shape[0]
+    n_c = comps.shape[0]
+    out = np.full((n_genes, n_c), np.nan)
+    outlier = np.zeros((n_genes, n_c), dtype=np.bool_)
+    c0 = lay.stratum_ptr[control]
+    n_ctrl = lay.stratum_ptr[control + 1] - c0
+    for g in prange(n_genes):
+        for j in range(n_c):
+            m = base_mean[g, j]
+            th = theta[g, j]
+            if not (m > 0.0 and np.isfinite(th)):
+                continue
+            k = comps[j]
+            a = math.exp(th)
+            f = _fit(th, g, 0 if shared else j, k, wald_fit[g, j], fit, wald_table, search,
+                     data)
+            c = f[2:]
+            fitted = np.isfinite(f[:2])
+            live = np.array([control, k])[fitted]
+            lev_ctrl, lev_k = _leverages(th, live, f[:2][fitted], c, lay, data, minmu)
+            # robust dispersion: largest trimmed cell variance over strata of >= 3 cells
+            v = -np.inf
+            for i in range(n_ctrl):
+                if lay.stratum_n[c0 + i] >= MIN_REPLICATES:
+                    v = max(v, ctrl_var[g, i])
+            ents, run_ptr = by_stratum(g, k, data, lay)
+            k0 = lay.stratum_ptr[k]
+            n_k = lay.stratum_ptr[k + 1] - k0
+            k_zero = np.full(n_k, -np.inf)
+            for i in range(n_k):
+                n = lay.stratum_n[k0 + i]
+                if n >= MIN_REPLICATES:
+                    run = ents[run_ptr[i]:run_ptr[i + 1]]
+                    v = max(v, trimmed_cell_variance(run, n, data))
+                    k_zero[i] = top_zero(run, k0 + i, data, lay)
+            if v == -np.inf:
+                continue
+            a_r = max((v - m) / (m * m), MIN_ROBUST_DISP)
+            best = -1.0
+            best_y = 0.0
+            # the control: its largest zeros, its candidates where they are exact, else all
+            exact = np.ones(n_ctrl, dtype=np.bool_)
+            if fitted[0]:
+                lev = lev_ctrl
+                for i in range(n_ctrl):
+                    s = c0 + i
+                    if lay.stratum_n[s] < MIN_REPLICATES:
+                        continue
+                    exact[i] = lev[i] * ctrl_ymax[g, i] <= 1.0
+                    if ctrl_zero[g, i] > -np.inf:
+                        d = _cooks(0.0, ctrl_zero[g, i], _log_mean(s, f[0], c, lay), lev[i],
+                                   a, a_r, p, minmu)
+                        if d > best:
+                            best, best_y = d, 0.0
+                for t in range(cand_lo[g], cand_hi[g]):
+                    e = cand[t]
+                    s = lay.cell_stratum[data.nz[e, 0]]
+                    if lay.stratum_n[s] < MIN_REPLICATES or not exact[s - c0]:
+                        continue
+                    y = float(data.nz[e, 1])
+                    d = _cooks(y, data.cell_logs[data.nz[e, 0]], _log_mean(s, f[0], c, lay),
+                               lev[s - c0], a, a_r, p, minmu)
+                    if d > best:
+                        best, best_y = d, y
+                if not np.all(exact):
+                    for e in range(data.nz_ptr[g * data.G + control],
+                                   data.nz_ptr[g * data.G + control + 1]):
+                        s = lay.cell_stratum[data.nz[e, 0]]
+                        if lay.stratum_n[s] < MIN_REPLICATES or exact[s - c0]:
+                            continue
+                        y = float(data.nz[e, 1])
+                        d = _cooks(y, data.cell_logs[data.nz[e, 0]],
+                                   _log_mean(s, f[0], c, lay), lev[s - c0], a, a_r, p, minmu)
+                        if d > best:
+                            best, best_y = d, y
+            else:
+                best = 0.0          # no control counts: D of order e^-30, see _cooks
+            # the perturbation's cells
+            if fitted[1]:
+                lev = lev_k
+                for i in range(n_k):
+                    s = k0 + i
+                    if lay.stratum_n[s] < MIN_REPLICATES:
+                        continue
+                    lm = _log_mean(s, f[1], c, lay)
+                    if k_zero[i] > -np.inf:
+                        d = _cooks(0.0, k_zero[i], lm, lev[i], a, a_r, p, minmu)
+                        if d > best:
+                            best, best_y = d, 0.0
+                    for t in range(run_ptr[i], run_ptr[i + 1]):
+                        e = ents[t]
+                        y = float(data.nz[e, 1])
+                        d = _cooks(y, data.cell_logs[data.nz[e, 0]], lm, lev[i], a, a_r, p,
+                                   minmu)
+                        if d > best:
+                            best, best_y = d, y
+            else:
+                best = max(best, 0.0)
+            out[g, j] = best
+            if best > rule.cutoff[j]:
+                outlier[g, j] = True
+                if rule.two_groups:
+                    larger = 0
+                    for kk in (control, k):
+                        for e in range(data.nz_ptr[g * data.G + kk],
+                                       data.nz_ptr[g * data.G + kk + 1]):
+                            if data.nz[e, 1] > best_y:
+                                larger += 1
+                    outlier[g, j] = larger < 3
+    return out, outlier

@@ -21,14 +21,18 @@ from ..errors import InputError
 
 DEFAULT = "4G"
 RECORD_BYTES = 8        # a stored non-zero (summaries.RECORD)
-BLOCK_BYTES = 12        # a non-zero of a gene block being fitted: its ordered copy, slack
+BLOCK_BYTES = 13        # a non-zero of a gene block being fitted: its ordered copy, slack,
+                        # the Cook's candidate mark (nb/cooks.control_summaries)
 MAX_BLOCK_NNZ = 8_000_000   # larger gene blocks fit no faster (BENCHMARKS.md)
 CHUNK_BYTES = 64        # a non-zero of a read chunk: value and index as read (twice: the next
                         # chunk is read ahead, reader.read_ahead), its record, slack
 MIN_CHUNK_NNZ = 100_000     # stored values a read chunk holds, at least ...
 MIN_CHUNK_PER_GENE = 16     # ... and per gene (see min_chunk_nnz)
-CELL_BYTES = 96         # per-cell arrays: totals, group, size factor, offsets, obs codes
-PAIR_BYTES = 160        # per (gene, comparison) of a block: ~20 float64 statistics
+CELL_BYTES = 120        # per-cell arrays: totals, group, size factor, offsets, obs codes,
+                        # Cook's strata (nb/cooks.Layout: stratum, place, sorted log size)
+PAIR_BYTES = 256        # per (gene, comparison) of a block: ~32 float64 statistics (the
+                        # initial fit's, dispersions, the Wald fit's coefficients, Cook's,
+                        # shrinkage, and the kernels' working copies)
 ROW_BYTES = 400         # per output row while a comparison chunk is assembled and written
 # Loaded after planning, measured as peak RSS growth over the run of a 300-cell screen
 # (numba 0.68, pyarrow 26, 2 threads), with room for other versions:
@@ -88,19 +92,25 @@ class Plan:
         return max(1, int(self.available * 0.25 / (PAIR_BYTES * max(n_comps, 1))))
 
 
-def _entry_kernels(covariates: bool, data_dtype, index_dtype) -> dict:
+def _entry_kernels(covariates: bool, data_dtype, index_dtype, statistics) -> dict:
     """The compiled kernels a run calls from Python, each with the argument types that
     differ between runs (a run without covariates passes the control's MLE table to the
     Wald test where one with them passes None; the read pass takes the file's value and
-    index types)."""
+    index types), and those of the optional statistics it runs ("cooks", "lrt",
+    "apeglm")."""
     from numba import from_dtype, types
 
-    from ..nb import special, stages, zero_terms
+    from ..nb import cooks, lrt, shrink, special, stages, zero_terms
     from . import summaries
 
     wald = {"wald_table": (lambda t: isinstance(t, types.NoneType)) if covariates
             else (lambda t: not isinstance(t, types.NoneType))}
-    return {
+    optional = {
+        "cooks": {cooks.control_summaries: {}, cooks.max_cooks: wald},
+        "lrt": {lrt.lr_statistics: wald, lrt.chi_square_1_p: {}},
+        "apeglm": {shrink.shrink_block: {}},
+    }
+    return {k: v for name in statistics for k, v in optional[name].items()} | {
         summaries._split: {"minor": lambda t: t.dtype == from_dtype(np.dtype(index_dtype)),
                            "data": lambda t: t.dtype == from_dtype(np.dtype(data_dtype))},
         summaries._records: {}, summaries._sort_part: {}, zero_terms.build: {},
@@ -115,14 +125,15 @@ def _has_overload(signatures, params, checks) -> bool:
                for sig in signatures)
 
 
-def kernel_bytes(covariates: bool, data_dtype, index_dtype) -> int:
+def kernel_bytes(covariates: bool, data_dtype, index_dtype, statistics=()) -> int:
     """Memory the run's compiled kernels will add: none if this process has them already,
     KERNEL_BYTES if numba's on-disk cache holds them (for this source and these argument
-    types), else COMPILE_BYTES. The cache's index is read through numba's internals; if it
-    cannot be read the kernels count as compiled."""
+    types), else COMPILE_BYTES. statistics: the optional ones the run computes ("cooks",
+    "lrt", "apeglm"). The cache's index is read through numba's internals; if it cannot be
+    read the kernels count as compiled."""
     import inspect
 
-    kernels = _entry_kernels(covariates, data_dtype, index_dtype)
+    kernels = _entry_kernels(covariates, data_dtype, index_dtype, statistics)
     params = {k: list(inspect.signature(k.py_func).parameters) for k in kernels}
     if all(_has_overload(k.signatures, params[k], c) for k, c in kernels.items()):
         return 0

@@ -132,8 +132,11 @@ def _analyse(path: str, opts: Options, budget: int, out_dir: str, overwrite: boo
                 plan = memory.Plan(**ws.load_json("plan"))
             else:
                 ws.clear()   # anything saved under a lost plan (e.g. trend chunks) is void
+                statistics = [name for name, on in (("cooks", opts.outliers == "filter"),
+                                                     ("lrt", opts.test == "lrt"),
+                                                     ("apeglm", opts.shrink == "apeglm")) if on]
                 kernels = memory.kernel_bytes(des.covariates.shape[1] > 0,
-                                              *stored_dtypes(f, src))
+                                              *stored_dtypes(f, src), statistics)
                 plan = memory.plan(budget, src.n_cells, src.n_genes, nnz, n_comps, kernels)
                 ws.save_json("plan", asdict(plan))
             disk["need"] = _disk_need(plan, nnz, n_comps, src.n_genes)

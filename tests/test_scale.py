@@ -97,6 +97,22 @@ def test_spilled_and_blocked_run_gives_identical_table(screen, reference, tmp_pa
     assert_same(table, reference)
 
 
+@pytest.mark.parametrize("covariates", [[], ["replicate"]])
+def test_optional_statistics_identical_across_threads_and_plans(screen, tmp_path,
+                                                                monkeypatch, covariates):
+    """The LRT, Cook's distances and apeGLM shrinkage (their columns included) do not depend
+    on threads, on the read chunks or on how genes are blocked and counts spilled."""
+    kw = dict(test="lrt", shrink="apeglm", covariates=covariates)
+    ref = _run(screen[0], tmp_path / "a", threads=2, **kw)
+    assert {"max_cooks", "log2fc_shrunk", "lfc_se_shrunk"} <= set(ref.columns)
+    assert ref["max_cooks"].notna().sum() > 0.5 * len(ref)
+    assert_same(_run(screen[0], tmp_path / "b", threads=1, **kw), ref)
+    monkeypatch.setattr(memory, "RECORD_BYTES", 10**9)
+    monkeypatch.setattr(memory, "BLOCK_BYTES", 10**6)
+    exact_chunks(monkeypatch)
+    assert_same(_run(screen[1], tmp_path / "c", chunk_cells=450, **kw), ref)
+
+
 def test_covariates_identical_across_plans(screen, tmp_path, monkeypatch):
     ref = _run(screen[0], tmp_path / "a", covariates=["replicate"])
     monkeypatch.setattr(memory, "RECORD_BYTES", 10**9)

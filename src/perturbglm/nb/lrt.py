@@ -137,20 +137,24 @@ def _separable_stat(theta, g, k, base_mean, control_state, control_mom, wald_tab
 
 
 @njit(cache=True)
-def _covariate_stat(theta, g, j, k, fit, control_mom, search, data):
+def _covariate_stat(theta, g, j, k, fit, wald_fit, control_mom, search, data):
     """LR statistic of group k against the control for gene g at dispersion e^theta with
-    covariates: the full model is the Wald test's joint fit of the pair (stages._wald_pair,
-    from the same start: dispersion comparison j's initial fit, a group without counts
-    started at its floored point), the reduced one `kernels.joint_fit` with one intercept
-    for both groups."""
+    covariates: the full model is the Wald test's joint fit of the pair (wald_fit, its
+    coefficients, where that test fitted the pair; else fitted as stages._wald_pair does,
+    from dispersion comparison j's initial fit, a group without counts started at its
+    floored point), the reduced one `kernels.joint_fit` with one intercept for both
+    groups."""
     control, minmu = search.control, search.minmu
     ks = np.array([control, k])
     mom = np.concatenate((control_mom, group_moments(g, ks[1:], data)))
-    start = np.array([fit.control_b[g, j], fit.b[g, k]])
-    for i in range(2):
-        if not np.isfinite(start[i]):
-            start[i] = floored_start(ks[i], data, minmu)
-    bf, cf, _ = joint_fit(theta, ks, mom, start, fit.coef[g, j], data, minmu)
+    if np.isfinite(wald_fit[0]) and np.isfinite(wald_fit[1]):
+        bf, cf = wald_fit[:2].copy(), wald_fit[2:].copy()
+    else:
+        start = np.array([fit.control_b[g, j], fit.b[g, k]])
+        for i in range(2):
+            if not np.isfinite(start[i]):
+                start[i] = floored_start(ks[i], data, minmu)
+        bf, cf, _ = joint_fit(theta, ks, mom, start, fit.coef[g, j], data, minmu)
     # the reduced intercept starts at the full ones' average weighted by their Fisher
     # information (the pooled estimate, to first order), c at the full fit's
     D = joint_terms(theta, ks, mom, bf, cf, data, minmu)[0][0]
@@ -166,14 +170,16 @@ def _covariate_stat(theta, g, j, k, fit, control_mom, search, data):
 
 
 @njit(cache=True, parallel=True)
-def lr_statistics(comps, theta, base_mean, fit, wald_table, search, data):
+def lr_statistics(comps, theta, base_mean, fit, wald_fit, wald_table, search, data):
     """DESeq2's LR statistic of each comparison comps[i] (a group against the control) of
     every gene at its final theta: theta[g, i], or theta[g, 0] for all when theta has one
     column (one dispersion for every comparison: each pair is still tested on its own cells,
     at that dispersion). Genes x comparisons, NaN where the pair is untested (its theta NaN
     or its base mean, base_mean[g, i], 0). fit: the initial fit (stages.Fit), the start of
-    the joint fits; wald_table: the control's MLE table without covariates, None with them
-    (numba then compiles the joint fits), as stages.wald takes them."""
+    the joint fits; wald_fit[g, i]: the Wald test's coefficients of the pair (stages.wald),
+    its full model where it fitted the pair alone (not with one dispersion for all, where
+    it fits every group at once); wald_table: the control's MLE table without covariates,
+    None with them (numba then compiles the joint fits), as stages.wald takes them."""
     n_genes = fit.b.shape[0]
     out = np.full((n_genes, comps.shape[0]), np.nan)
     shared = theta.shape[1] == 1
@@ -188,7 +194,9 @@ def lr_statistics(comps, theta, base_mean, fit, wald_table, search, data):
             if not (np.isfinite(th) and base_mean[g, i] > 0.0):
                 continue
             if wald_table is None:
-                out[g, i] = _covariate_stat(th, g, j, comps[i], fit, control_mom, search, data)
+                own = wald_fit[g, i] if not shared else np.full(wald_fit.shape[2], np.nan)
+                out[g, i] = _covariate_stat(th, g, j, comps[i], fit, own, control_mom, search,
+                                            data)
             else:
                 out[g, i] = _separable_stat(th, g, comps[i], base_mean[g, i], control_state,
                                             control_mom, wald_table, search, data)

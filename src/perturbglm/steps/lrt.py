@@ -19,11 +19,13 @@ def lr_test(block: GeneBlock, inputs: dict, cx: Context) -> dict:
     share it, each pair then tested on its own cells at that dispersion."""
     stat = lrt.lr_statistics(cx.comps, inputs["theta"].T, inputs["base_mean"].T,
                              stages.Fit(*(inputs[k] for k in FIT)),
+                             inputs["wald_fit"].transpose(1, 0, 2),
                              cx.without_covariates(inputs["wald_tab"]), cx.search,
                              block.kernel_args())
     return {"stat": stat.T}
 
 
 def step() -> Step:
-    return Step("lrt", BLOCK, lr_test, reads=(*FIT, "wald_tab", "theta", "base_mean"),
+    return Step("lrt", BLOCK, lr_test,
+                reads=(*FIT, "wald_fit", "wald_tab", "theta", "base_mean"),
                 writes=("stat",), rows=DISPERSIONS)

@@ -50,7 +50,7 @@ import numpy as np
 from numba import njit, prange
 
 from .hermite import cubic_hermite
-from .kernels import fixed_mu, group_moments, joint_fit, joint_terms, mle
+from .kernels import _schur_complement, fixed_mu, group_moments, joint_fit, joint_terms, mle
 from .stages import WALD_STEP
 from .zero_terms import group_zero, tabulated
 
@@ -326,10 +326,10 @@ def _leverages(th, ks, bk, c, lay, data, minmu):
     for k in ks:
         n_atoms += data.atom_ptr[k + 1] - data.atom_ptr[k]
     D, B, C, _, _ = joint_terms(th, ks, np.zeros((n_atoms, 3)), bk, c, data, minmu)
-    S = C[0].copy()
-    for i in range(ks.shape[0]):
-        S -= np.outer(B[0, i], B[0, i]) / D[0, i]
-    S_inv = np.linalg.inv(S) if q > 0 else S
+    # the fits' Schur complement; pseudo-inverted, as a covariate the cells cannot identify
+    # (a stratum of no weight) leaves it singular
+    S = _schur_complement(D[0], B[0], C[0])
+    S_inv = np.linalg.pinv(S) if q > 0 else S
     first = _group_leverage(ks[0], D[0, 0], B[0, 0], S_inv, lay)
     return first, _group_leverage(ks[n], D[0, n], B[0, n], S_inv, lay) if n else first
 

@@ -442,6 +442,8 @@ def max_cooks(comps, theta, base_mean, wald_fit, fit, wald_table, search, rule, 
         run_buf = np.empty(most_strata + 1, dtype=np.int64)
         x = np.empty(most_cells)
         held = np.zeros(most_cells + 1, dtype=np.bool_)
+        k_zero_buf = np.empty(most_strata)
+        exact = np.empty(n_ctrl, dtype=np.bool_)
         for j in range(n_c):
             m = base_mean[g, j]
             th = theta[g, j]
@@ -463,7 +465,8 @@ def max_cooks(comps, theta, base_mean, wald_fit, fit, wald_table, search, rule, 
             ents, run_ptr = by_stratum(g, k, data, lay, ents_buf, run_buf)
             k0 = lay.stratum_ptr[k]
             n_k = lay.stratum_ptr[k + 1] - k0
-            k_zero = np.full(n_k, -np.inf)
+            k_zero = k_zero_buf[:n_k]
+            k_zero[:] = -np.inf
             for i in range(n_k):
                 n = lay.stratum_n[k0 + i]
                 if n >= MIN_REPLICATES:
@@ -476,7 +479,7 @@ def max_cooks(comps, theta, base_mean, wald_fit, fit, wald_table, search, rule, 
             best = -1.0
             best_y = 0.0
             # the control: its largest zeros, its candidates where they are exact, else all
-            exact = np.ones(n_ctrl, dtype=np.bool_)
+            exact[:] = True
             if fitted[0]:
                 lev = lev_ctrl
                 for i in range(n_ctrl):

@@ -96,37 +96,39 @@ def layout(atoms) -> Layout:
 
 
 @njit(cache=True)
-def by_stratum(g, k, data, lay):
-    """The entries (rows of data.nz) of gene g in group k ordered by stratum, counting-sorted:
-    (entries, run_ptr), run i (stratum stratum_ptr[k] + i) being entries[run_ptr[i]:
-    run_ptr[i+1]]."""
+def by_stratum(g, k, data, lay, out, run_ptr):
+    """The entries (rows of data.nz) of gene g in group k ordered by stratum, counting-sorted
+    into the caller's buffers (reused across pairs: no allocation per pair): returns
+    (entries, run_ptr), views of `out` and `run_ptr`, run i (stratum stratum_ptr[k] + i)
+    being entries[run_ptr[i]:run_ptr[i+1]]."""
     s0 = lay.stratum_ptr[k]
     n_strata = lay.stratum_ptr[k + 1] - s0
     e0 = data.nz_ptr[g * data.G + k]
     e1 = data.nz_ptr[g * data.G + k + 1]
-    run_ptr = np.zeros(n_strata + 1, dtype=np.int64)
+    run_ptr[:n_strata + 1] = 0
     for e in range(e0, e1):
         run_ptr[lay.cell_stratum[data.nz[e, 0]] - s0 + 1] += 1
     for i in range(n_strata):
         run_ptr[i + 1] += run_ptr[i]
-    pos = run_ptr[:-1].copy()
-    out = np.empty(e1 - e0, dtype=np.int64)
-    for e in range(e0, e1):
+    for e in range(e0, e1):         # run_ptr[i] runs over run i, ending at its successor's start
         i = lay.cell_stratum[data.nz[e, 0]] - s0
-        out[pos[i]] = e
-        pos[i] += 1
-    return out, run_ptr
+        out[run_ptr[i]] = e
+        run_ptr[i] += 1
+    for i in range(n_strata, 0, -1):
+        run_ptr[i] = run_ptr[i - 1]
+    run_ptr[0] = 0
+    return out[:e1 - e0], run_ptr[:n_strata + 1]
 
 
 @njit(cache=True)
-def top_zero(ents, s, data, lay):
+def top_zero(ents, s, data, lay, held):
     """Log size factor of stratum s's zero-count cell of largest size factor, given the
     entries `ents` of its non-zero cells (-inf: every cell is non-zero). The first place
-    (by decreasing size factor) that no non-zero cell holds: O(non-zeros)."""
+    (by decreasing size factor) that no non-zero cell holds: O(non-zeros). `held`: a
+    scratch buffer of at least len(ents) + 1 False values, left False."""
     r = ents.shape[0]
     if r >= lay.stratum_n[s]:
         return -np.inf
-    held = np.zeros(r + 1, dtype=np.bool_)
     for e in ents:
         place = lay.cell_place[data.nz[e, 0]]
         if place <= r:
@@ -134,6 +136,7 @@ def top_zero(ents, s, data, lay):
     place = 0
     while held[place]:
         place += 1
+    held[:r + 1] = False
     return lay.sorted_logs[lay.sorted_ptr[s] + place]
 
 
@@ -148,21 +151,56 @@ def _trim(n):
 
 
 @njit(cache=True)
-def _sum_range(x, lo, hi):
+def _select(x, lo, hi, k):
+    """Reorder x[lo:hi] in place so that x[k] holds the value of rank k there, with x[lo:k]
+    <= x[k] <= x[k+1:hi] (Hoare's quickselect, median-of-three pivot): the order statistics
+    at the trim boundaries in O(len) instead of a sort."""
+    while hi - lo > 1:
+        first, mid, last = x[lo], x[(lo + hi - 1) // 2], x[hi - 1]
+        pivot = max(min(first, mid), min(max(first, mid), last))
+        i, j = lo, hi - 1
+        while i <= j:
+            while x[i] < pivot:
+                i += 1
+            while x[j] > pivot:
+                j -= 1
+            if i <= j:
+                x[i], x[j] = x[j], x[i]
+                i += 1
+                j -= 1
+        # x[lo:j+1] <= pivot, x[j+1:i] == pivot, x[i:hi] >= pivot
+        if k <= j:
+            hi = j + 1
+        elif k >= i:
+            lo = i
+        else:
+            return
+
+
+@njit(cache=True)
+def _middle_sum(x, r, a, b):
+    """Sum of the values of ranks a..b-1 of x[:r] (0 <= a < b <= r), reordering x[:r]: a
+    selection at each boundary brings them to x[a:b], which are then summed directly (not
+    as a total minus the trimmed tails, which would cancel against a large outlier)."""
+    if a > 0:
+        _select(x, 0, r, a)
+    if b < r:
+        _select(x, a, r, b)
     out = 0.0
-    for i in range(max(lo, 0), min(hi, x.shape[0])):
+    for i in range(a, b):
         out += x[i]
     return out
 
 
 @njit(cache=True)
-def trimmed_cell_variance(ents, n, data):
+def stratum_variance(ents, n, data, x):
     """DESeq2's trimmedCellVariance of one stratum of n cells whose non-zero counts are the
     entries `ents`: scale * the trimmed mean of the squared deviations of the normalised
     counts y/s from their trimmed mean (R's mean(x, trim): drop floor(n trim) values at
     each end of the sorted values). The n - r zeros are one block at the bottom of the
     sorted values, and their squared deviations one block of tm^2 placed among the others':
-    only the r non-zero values are sorted."""
+    only the r non-zero values are partially ordered, at the trim boundaries (`_middle_sum`).
+    x: a scratch buffer of at least r values."""
     r = ents.shape[0]
     n0 = n - r
     trim, scale = _trim(n)
@@ -170,20 +208,29 @@ def trimmed_cell_variance(ents, n, data):
     hi = n - lo
     if r <= lo:         # only zeros kept: trimmed mean 0, and the squared deviations sort alike
         return 0.0
-    x = np.empty(r)
     for i in range(r):
         e = ents[i]
         x[i] = data.nz[e, 1] * math.exp(-data.cell_logs[data.nz[e, 0]])
-    x.sort()
-    tm = _sum_range(x, lo - n0, hi - n0) / (hi - lo)
-    d = (x - tm) ** 2
-    d.sort()
+    tm = _middle_sum(x, r, max(lo - n0, 0), hi - n0) / (hi - lo)
     z = tm * tm
-    a = np.searchsorted(d, z)            # merged order: d[:a], n0 times z, d[a:]
-    total = _sum_range(d, lo, min(hi, a))
-    total += z * max(0, min(hi, a + n0) - max(lo, a))
-    total += _sum_range(d, max(lo, a + n0) - n0, hi - n0)
+    below = 0                            # squared deviations below the zeros' z
+    for i in range(r):
+        x[i] = (x[i] - tm) ** 2
+        below += x[i] < z
+    # merged order: the `below` values, n0 times z, the others; kept: merged ranks lo..hi-1,
+    # of which the non-zeros' squared deviations are those of ranks a..b-1
+    a = min(lo, below) + max(0, lo - below - n0)
+    b = min(hi, below) + max(0, hi - below - n0)
+    total = z * ((hi - lo) - (b - a))
+    if b > a:
+        total += _middle_sum(x, r, a, b)
     return scale * total / (hi - lo)
+
+
+@njit(cache=True)
+def trimmed_cell_variance(ents, n, data):
+    """`stratum_variance` with its own scratch buffer."""
+    return stratum_variance(ents, n, data, np.empty(ents.shape[0]))
 
 
 @njit(cache=True)
@@ -230,15 +277,19 @@ def control_summaries(control, lay, data):
     zero_log = np.full((n_genes, n_strata), -np.inf)
     y_max = np.zeros((n_genes, n_strata))
     mark = np.zeros(data.nz.shape[0], dtype=np.bool_)
+    n_cells = lay.sorted_ptr[s0 + n_strata] - lay.sorted_ptr[s0]
     for g in prange(n_genes):
-        ents, run_ptr = by_stratum(g, control, data, lay)
+        ents, run_ptr = by_stratum(g, control, data, lay, np.empty(n_cells, dtype=np.int64),
+                                   np.empty(n_strata + 1, dtype=np.int64))
+        x = np.empty(ents.shape[0])
+        held = np.zeros(ents.shape[0] + 1, dtype=np.bool_)
         for i in range(n_strata):
             run = ents[run_ptr[i]:run_ptr[i + 1]]
             n = lay.stratum_n[s0 + i]
             if n < MIN_REPLICATES:
                 continue
-            var[g, i] = trimmed_cell_variance(run, n, data)
-            zero_log[g, i] = top_zero(run, s0 + i, data, lay)
+            var[g, i] = stratum_variance(run, n, data, x)
+            zero_log[g, i] = top_zero(run, s0 + i, data, lay, held)
             for e in run:
                 y_max[g, i] = max(y_max[g, i], data.nz[e, 1])
             _mark_frontiers(run, zero_log[g, i], data, lay, mark)
@@ -378,7 +429,21 @@ def max_cooks(comps, theta, base_mean, wald_fit, fit, wald_table, search, rule, 
     outlier = np.zeros((n_genes, n_c), dtype=np.bool_)
     c0 = lay.stratum_ptr[control]
     n_ctrl = lay.stratum_ptr[control + 1] - c0
+    # scratch sizes: the most cells and strata of a compared group
+    most_cells, most_strata = 0, 0
+    for k in comps:
+        most_strata = max(most_strata, lay.stratum_ptr[k + 1] - lay.stratum_ptr[k])
+        most_cells = max(most_cells, lay.sorted_ptr[lay.stratum_ptr[k + 1]]
+                         - lay.sorted_ptr[lay.stratum_ptr[k]])
     for g in prange(n_genes):
+        # per-gene scratch reused by every comparison (allocating per pair cost as much as
+        # the arithmetic)
+        ents_buf = np.empty(most_cells, dtype=np.int64)
+        run_buf = np.empty(most_strata + 1, dtype=np.int64)
+        x = np.empty(most_cells)
+        held = np.zeros(most_cells + 1, dtype=np.bool_)
+        k_zero_buf = np.empty(most_strata)
+        exact = np.empty(n_ctrl, dtype=np.bool_)
         for j in range(n_c):
             m = base_mean[g, j]
             th = theta[g, j]
@@ -397,23 +462,24 @@ def max_cooks(comps, theta, base_mean, wald_fit, fit, wald_table, search, rule, 
             for i in range(n_ctrl):
                 if lay.stratum_n[c0 + i] >= MIN_REPLICATES:
                     v = max(v, ctrl_var[g, i])
-            ents, run_ptr = by_stratum(g, k, data, lay)
+            ents, run_ptr = by_stratum(g, k, data, lay, ents_buf, run_buf)
             k0 = lay.stratum_ptr[k]
             n_k = lay.stratum_ptr[k + 1] - k0
-            k_zero = np.full(n_k, -np.inf)
+            k_zero = k_zero_buf[:n_k]
+            k_zero[:] = -np.inf
             for i in range(n_k):
                 n = lay.stratum_n[k0 + i]
                 if n >= MIN_REPLICATES:
                     run = ents[run_ptr[i]:run_ptr[i + 1]]
-                    v = max(v, trimmed_cell_variance(run, n, data))
-                    k_zero[i] = top_zero(run, k0 + i, data, lay)
+                    v = max(v, stratum_variance(run, n, data, x))
+                    k_zero[i] = top_zero(run, k0 + i, data, lay, held)
             if v == -np.inf:
                 continue
             a_r = max((v - m) / (m * m), MIN_ROBUST_DISP)
             best = -1.0
             best_y = 0.0
             # the control: its largest zeros, its candidates where they are exact, else all
-            exact = np.ones(n_ctrl, dtype=np.bool_)
+            exact[:] = True
             if fitted[0]:
                 lev = lev_ctrl
                 for i in range(n_ctrl):

@@ -2,28 +2,9 @@
 the other non-targeting cells, and randomly shuffled labels. Across all tests the fraction
 of p < 0.05 must lie in [0.03, 0.07] and fewer than 1% of genes may reach FDR < 0.1."""
 
-import anndata as ad
-import numpy as np
 import pandas as pd
-import pytest
 
 import perturbglm
-
-
-@pytest.fixture(scope="module")
-def null_screen(screen, tmp_path_factory):
-    a = ad.read_h5ad(screen)
-    nt = a[a.obs["gene"] == "non-targeting"].copy()
-    guides = sorted(nt.obs["guide"].unique())
-    for g in guides:
-        nt.obs[f"null_{g}"] = np.where(nt.obs["guide"] == g, g, "rest")
-    rng = np.random.default_rng(7)
-    a.obs["shuffled"] = rng.permutation(a.obs["gene"].astype(str).to_numpy())
-    path = tmp_path_factory.mktemp("null") / "nt.h5ad"
-    nt.write_h5ad(path)
-    shuffled = tmp_path_factory.mktemp("null") / "shuffled.h5ad"
-    a.write_h5ad(shuffled)
-    return path, guides, shuffled
 
 
 def _check(table: pd.DataFrame, label: str):

@@ -182,19 +182,6 @@ def test_statistic_matches_dense_brute_force(simulated, covariates):
     assert (table["stat"][tested] > 5).sum() >= 10     # real effects among the pairs
 
 
-@pytest.fixture(scope="module")
-def null_screen(screen, tmp_path_factory):
-    """The non-targeting cells, with one column per guide: that guide against the rest."""
-    a = ad.read_h5ad(screen)
-    nt = a[a.obs["gene"] == "non-targeting"].copy()
-    guides = sorted(nt.obs["guide"].unique())
-    for g in guides:
-        nt.obs[f"null_{g}"] = np.where(nt.obs["guide"] == g, g, "rest")
-    path = tmp_path_factory.mktemp("null") / "nt.h5ad"
-    nt.write_h5ad(path)
-    return path, guides
-
-
 @pytest.mark.parametrize(("test", "tested", "below_05", "below_01"),
                          [("lrt", 2691, 268, 62), ("wald", 2572, 104, 29)])
 def test_null_calibration(null_screen, test, tested, below_05, below_01):
@@ -207,7 +194,7 @@ def test_null_calibration(null_screen, test, tested, below_05, below_01):
     nearest p-values lie 0.3% (LRT) and 0.5% (Wald) from the thresholds, so rounding moves
     no count; a count off by more than 2 means the statistic itself changed. With
     outliers="off", as DESeq2's nulls were run (cooksCutoff = FALSE)."""
-    path, guides = null_screen
+    path, guides, _ = null_screen
     p = pd.concat([perturbglm.de(path, groupby=f"null_{g}", control="rest",
                                  size_factors="obs:size_factor", test=test,
                                  outliers="off").table["pvalue"]

@@ -129,11 +129,13 @@ class Runner:
         step = self.producer[key]
         if step.scope == BLOCK:
             return self.ws.load(self._entry(step, i), key)
-        parts = [self.ws.load(self._entry(step, c0), key) for c0, _ in self._chunks(step)]
-        if parts[0].ndim == 1:
-            return np.concatenate(parts)
+        names = [self._entry(step, c0) for c0, _ in self._chunks(step)]
+        if len(self.ws.shape(names[0], key)) == 1:
+            return np.concatenate([self.ws.load(n, key) for n in names])
+        # only the block's columns are read (a memory map): a chunk's whole array is
+        # comparisons x all genes, too large to load once per block on a genome-wide screen
         genes = self.blocks.genes(i)
-        return np.concatenate([p[:, genes] for p in parts], axis=0)
+        return np.concatenate([self.ws.load(n, key, cols=genes) for n in names], axis=0)
 
     def rows_input(self, key: str, rows: slice) -> np.ndarray:
         """Array `key` for comparisons `rows` over all genes (a per-gene vector whole). A

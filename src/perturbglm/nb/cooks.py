@@ -59,12 +59,13 @@ MIN_ROBUST_DISP = 0.04    # robustMethodOfMomentsDisp's floor (minDisp)
 
 Layout = namedtuple("Layout", [
     "cell_stratum", "cell_place", "stratum_ptr", "stratum_n", "stratum_z", "sorted_ptr",
-    "sorted_logs"])
+    "sorted_logs", "cell_sf", "cell_inv_sf"])
 Layout.__doc__ = """The strata of every group, shared by all genes: cell_stratum[cell] (cells
 by rank, as in the kernels' data), strata of group k are stratum_ptr[k]:stratum_ptr[k+1],
 stratum_n its cells, stratum_z its covariate row; sorted_logs[sorted_ptr[s]:sorted_ptr[s+1]]
 the log size factors of stratum s in decreasing order, and cell_place[cell] the cell's place
-in that order."""
+in that order; cell_sf and cell_inv_sf each cell's size factor and its inverse (the hot
+loops multiply by them: an exp per count cost as much as the rest of the arithmetic)."""
 
 Rule = namedtuple("Rule", ["p", "cutoff", "two_groups"])
 Rule.__doc__ = """results()' Cook's rule: p coefficients, cutoff (per comparison,
@@ -92,7 +93,8 @@ def layout(atoms) -> Layout:
     stratum_ptr = np.searchsorted(rows[:, 0], np.arange(atoms.G + 1)).astype(np.int64)
     return Layout(cell_stratum, cell_place, stratum_ptr, stratum_n,
                   np.ascontiguousarray(rows[:, 1:]), sorted_ptr,
-                  np.ascontiguousarray(atoms.cell_logs[order]))
+                  np.ascontiguousarray(atoms.cell_logs[order]), np.exp(atoms.cell_logs),
+                  np.exp(-atoms.cell_logs))
 
 
 @njit(cache=True)
@@ -105,6 +107,12 @@ def by_stratum(g, k, data, lay, out, run_ptr):
     n_strata = lay.stratum_ptr[k + 1] - s0
     e0 = data.nz_ptr[g * data.G + k]
     e1 = data.nz_ptr[g * data.G + k + 1]
+    if n_strata == 1:               # no covariates: the group is one stratum
+        for e in range(e0, e1):
+            out[e - e0] = e
+        run_ptr[0] = 0
+        run_ptr[1] = e1 - e0
+        return out[:e1 - e0], run_ptr[:2]
     run_ptr[:n_strata + 1] = 0
     for e in range(e0, e1):
         run_ptr[lay.cell_stratum[data.nz[e, 0]] - s0 + 1] += 1
@@ -133,10 +141,19 @@ def top_zero(ents, s, data, lay, held):
         place = lay.cell_place[data.nz[e, 0]]
         if place <= r:
             held[place] = True
+    return _first_free(held, r, s, lay)
+
+
+@njit(cache=True)
+def _first_free(held, r, s, lay):
+    """`top_zero` once the places (<= r) of stratum s's r non-zero cells are marked in
+    `held`, which is left False."""
     place = 0
     while held[place]:
         place += 1
     held[:r + 1] = False
+    if r >= lay.stratum_n[s]:
+        return -np.inf
     return lay.sorted_logs[lay.sorted_ptr[s] + place]
 
 
@@ -193,44 +210,66 @@ def _middle_sum(x, r, a, b):
 
 
 @njit(cache=True)
-def stratum_variance(ents, n, data, x):
+def stratum_variance(ents, n, data, inv_sf, x):
     """DESeq2's trimmedCellVariance of one stratum of n cells whose non-zero counts are the
     entries `ents`: scale * the trimmed mean of the squared deviations of the normalised
     counts y/s from their trimmed mean (R's mean(x, trim): drop floor(n trim) values at
     each end of the sorted values). The n - r zeros are one block at the bottom of the
     sorted values, and their squared deviations one block of tm^2 placed among the others':
     only the r non-zero values are partially ordered, at the trim boundaries (`_middle_sum`).
-    x: a scratch buffer of at least r values."""
+    inv_sf: each cell's inverse size factor; x: a scratch buffer of at least r values."""
     r = ents.shape[0]
+    if r <= int(math.floor(n * _trim(n)[0])):      # see trimmed_variance
+        return 0.0
+    for i in range(r):
+        e = ents[i]
+        x[i] = data.nz[e, 1] * inv_sf[data.nz[e, 0]]
+    return trimmed_variance(x, r, n)
+
+
+@njit(cache=True)
+def trimmed_variance(x, r, n):
+    """`stratum_variance` of a stratum of n cells whose r non-zero normalised counts are
+    x[:r] (reordered)."""
     n0 = n - r
     trim, scale = _trim(n)
     lo = int(math.floor(n * trim))       # 0-based first kept value; hi: one past the last
     hi = n - lo
     if r <= lo:         # only zeros kept: trimmed mean 0, and the squared deviations sort alike
         return 0.0
-    for i in range(r):
-        e = ents[i]
-        x[i] = data.nz[e, 1] * math.exp(-data.cell_logs[data.nz[e, 0]])
-    tm = _middle_sum(x, r, max(lo - n0, 0), hi - n0) / (hi - lo)
+    a = max(lo - n0, 0)                  # the kept non-zero values are ranks a..b-1
+    b = hi - n0
+    tm = _middle_sum(x, r, a, b) / (hi - lo)       # leaves ranks a..b-1 in x[a:b]
     z = tm * tm
     below = 0                            # squared deviations below the zeros' z
     for i in range(r):
+        below += (x[i] - tm) ** 2 < z
+    # merged order: the `below` values (0 < y/s < 2 tm), n0 times z, the others, whose
+    # squared deviations rank as their values do; kept: merged ranks lo..hi-1, of which
+    # the non-zeros' squared deviations are those of ranks a2..b2-1
+    a2 = min(lo, below) + max(0, lo - below - n0)
+    b2 = min(hi, below) + max(0, hi - below - n0)
+    total = z * ((hi - lo) - (b2 - a2))
+    if b2 <= a2:
+        return scale * total / (hi - lo)
+    if a2 == max(below, a) and b2 == b:
+        # the usual case: the kept squared deviations are those of the values of ranks
+        # a2..b-1, x[a:b] without its values below 2 tm: no second selection
+        for i in range(a, b):
+            d = (x[i] - tm) ** 2
+            if not d < z:
+                total += d
+        return scale * total / (hi - lo)
+    for i in range(r):
         x[i] = (x[i] - tm) ** 2
-        below += x[i] < z
-    # merged order: the `below` values, n0 times z, the others; kept: merged ranks lo..hi-1,
-    # of which the non-zeros' squared deviations are those of ranks a..b-1
-    a = min(lo, below) + max(0, lo - below - n0)
-    b = min(hi, below) + max(0, hi - below - n0)
-    total = z * ((hi - lo) - (b - a))
-    if b > a:
-        total += _middle_sum(x, r, a, b)
+    total += _middle_sum(x, r, a2, b2)
     return scale * total / (hi - lo)
 
 
 @njit(cache=True)
 def trimmed_cell_variance(ents, n, data):
-    """`stratum_variance` with its own scratch buffer."""
-    return stratum_variance(ents, n, data, np.empty(ents.shape[0]))
+    """`stratum_variance` with its own scratch buffers."""
+    return stratum_variance(ents, n, data, np.exp(-data.cell_logs), np.empty(ents.shape[0]))
 
 
 @njit(cache=True)
@@ -288,7 +327,7 @@ def control_summaries(control, lay, data):
             n = lay.stratum_n[s0 + i]
             if n < MIN_REPLICATES:
                 continue
-            var[g, i] = stratum_variance(run, n, data, x)
+            var[g, i] = stratum_variance(run, n, data, lay.cell_inv_sf, x)
             zero_log[g, i] = top_zero(run, s0 + i, data, lay, held)
             for e in run:
                 y_max[g, i] = max(y_max[g, i], data.nz[e, 1])
@@ -297,12 +336,12 @@ def control_summaries(control, lay, data):
 
 
 @njit(cache=True)
-def _cooks(y, log_s, log_mean, lev, a, a_r, p, minmu):
-    """Cook's distance of a count y of a cell with log size factor log_s in a stratum of log
-    mean log_mean and leverage factor lev (h = w lev), at dispersion a (hat values) and
-    robust dispersion a_r (Pearson residual). 0 where the mean is 0 (a group without
-    counts, whose fitted mean DESeq2 drives to its bound: D of order e^-30)."""
-    mu = math.exp(log_s + log_mean)
+def _cooks(y, sf, mean, lev, a, a_r, p, minmu):
+    """Cook's distance of a count y of a cell with size factor sf in a stratum of mean
+    `mean` (e^(intercept + z'c)) and leverage factor lev (h = w lev), at dispersion a (hat
+    values) and robust dispersion a_r (Pearson residual). 0 where the mean is 0 (a group
+    without counts, whose fitted mean DESeq2 drives to its bound: D of order e^-30)."""
+    mu = sf * mean
     if mu == 0.0:
         return 0.0
     m = max(mu, minmu)
@@ -351,28 +390,29 @@ def _fit(th, g, j, k, wald_fit, fit, wald_table, search, data):
 
 
 @njit(cache=True)
-def _leverages(th, ks, bk, c, lay, data, minmu):
+def _leverages(th, ks, bk, c, lay, data, minmu, lev_first, lev_last):
     """Per stratum of the groups ks (with finite intercepts bk, covariate coefficients c),
     c_s = x_s'(X'WX)^-1 x_s at dispersion e^th, Fisher weights
     w = m/(1 + a m): with one intercept per group, 1/D_i + (u_i - z_s)' S^-1 (u_i - z_s),
     u_i = B_i / D_i, S the Schur complement C - sum_i B_i B_i' / D_i
     (kernels.contrast_variance's algebra). DESeq2's ridge of 1e-6 on X'WX is left out (its
-    effect is below 1e-6 relative). Returns an array over the strata of ks[0] and one over
-    those of ks[-1] (the same array when ks has one group)."""
+    effect is below 1e-6 relative). Writes those of the strata of ks[0] to lev_first and of
+    ks[-1] to lev_last (pass the same buffer when ks has one group); without covariates
+    nothing is allocated (this runs once per pair)."""
     q = data.atom_z.shape[1]
     n = ks.shape[0] - 1
     tables = q == 0
     for i in range(n + 1):
         tables = tables and tabulated(ks[i], math.exp(bk[i]), data, minmu)
     if tables:
-        # without covariates c_s = 1/D_k, D_k from the group's zero-count table: O(1)
-        d = np.empty(n + 1)
-        for i in range(n + 1):
-            emu, _, R1, _, _ = group_zero(th, ks[i], bk[i], c, data, minmu)
-            d[i] = emu + R1 * math.exp(-th)
-        none = np.empty((0, 0))
-        first = _group_leverage(ks[0], d[0], np.empty(0), none, lay)
-        return first, _group_leverage(ks[n], d[n], np.empty(0), none, lay) if n else first
+        # without covariates a group is one stratum, c_s = 1/D_k, D_k from the group's
+        # zero-count table: O(1)
+        emu, _, R1, _, _ = group_zero(th, ks[0], bk[0], c, data, minmu)
+        lev_first[0] = 1.0 / (emu + R1 * math.exp(-th))
+        if n:
+            emu, _, R1, _, _ = group_zero(th, ks[n], bk[n], c, data, minmu)
+            lev_last[0] = 1.0 / (emu + R1 * math.exp(-th))
+        return
     n_atoms = 0
     for k in ks:
         n_atoms += data.atom_ptr[k + 1] - data.atom_ptr[k]
@@ -381,23 +421,23 @@ def _leverages(th, ks, bk, c, lay, data, minmu):
     # (a stratum of no weight) leaves it singular
     S = _schur_complement(D[0], B[0], C[0])
     S_inv = np.linalg.pinv(S) if q > 0 else S
-    first = _group_leverage(ks[0], D[0, 0], B[0, 0], S_inv, lay)
-    return first, _group_leverage(ks[n], D[0, n], B[0, n], S_inv, lay) if n else first
+    _group_leverage(ks[0], D[0, 0], B[0, 0], S_inv, lay, lev_first)
+    if n:
+        _group_leverage(ks[n], D[0, n], B[0, n], S_inv, lay, lev_last)
 
 
 @njit(cache=True)
-def _group_leverage(k, d_k, b_k, S_inv, lay):
-    """`_leverages` of group k's strata from its information terms D_k, B_k."""
+def _group_leverage(k, d_k, b_k, S_inv, lay, out):
+    """`_leverages` of group k's strata, into out, from its information terms D_k, B_k."""
     q = b_k.shape[0]
     s0 = lay.stratum_ptr[k]
-    out = np.full(lay.stratum_ptr[k + 1] - s0, 1.0 / d_k)
     u = b_k / d_k
-    for i in range(out.shape[0]):
+    for i in range(lay.stratum_ptr[k + 1] - s0):
+        out[i] = 1.0 / d_k
         d = u - lay.stratum_z[s0 + i]
         for r in range(q):
             for t in range(q):
                 out[i] += d[r] * S_inv[r, t] * d[t]
-    return out
 
 
 @njit(cache=True)
@@ -441,9 +481,14 @@ def max_cooks(comps, theta, base_mean, wald_fit, fit, wald_table, search, rule, 
         ents_buf = np.empty(most_cells, dtype=np.int64)
         run_buf = np.empty(most_strata + 1, dtype=np.int64)
         x = np.empty(most_cells)
+        y_k = np.empty(most_cells)       # the perturbation's counts and their size factors
+        sf_k = np.empty(most_cells)
         held = np.zeros(most_cells + 1, dtype=np.bool_)
         k_zero_buf = np.empty(most_strata)
         exact = np.empty(n_ctrl, dtype=np.bool_)
+        lev_ctrl = np.empty(n_ctrl)
+        lev_k_buf = np.empty(most_strata)
+        pair = np.empty(2, dtype=np.int64)
         for j in range(n_c):
             m = base_mean[g, j]
             th = theta[g, j]
@@ -451,12 +496,20 @@ def max_cooks(comps, theta, base_mean, wald_fit, fit, wald_table, search, rule, 
                 continue
             k = comps[j]
             a = math.exp(th)
-            f = _fit(th, g, 0 if shared else j, k, wald_fit[g, j], fit, wald_table, search,
-                     data)
+            f = wald_fit[g, j]
+            if not (np.isfinite(f[0]) and np.isfinite(f[1])):
+                f = _fit(th, g, 0 if shared else j, k, f, fit, wald_table, search, data)
             c = f[2:]
-            fitted = np.isfinite(f[:2])
-            live = np.array([control, k])[fitted]
-            lev_ctrl, lev_k = _leverages(th, live, f[:2][fitted], c, lay, data, minmu)
+            fitted = (np.isfinite(f[0]), np.isfinite(f[1]))
+            lev_k = lev_k_buf[:lay.stratum_ptr[k + 1] - lay.stratum_ptr[k]]
+            if fitted[0] and fitted[1]:
+                pair[0], pair[1] = control, k
+                _leverages(th, pair, f[:2], c, lay, data, minmu, lev_ctrl, lev_k)
+            elif fitted[0]:
+                _leverages(th, pair[:1], f[:1], c, lay, data, minmu, lev_ctrl, lev_ctrl)
+            elif fitted[1]:
+                pair[0] = k
+                _leverages(th, pair[:1], f[1:2], c, lay, data, minmu, lev_k, lev_k)
             # robust dispersion: largest trimmed cell variance over strata of >= 3 cells
             v = -np.inf
             for i in range(n_ctrl):
@@ -469,10 +522,21 @@ def max_cooks(comps, theta, base_mean, wald_fit, fit, wald_table, search, rule, 
             k_zero[:] = -np.inf
             for i in range(n_k):
                 n = lay.stratum_n[k0 + i]
-                if n >= MIN_REPLICATES:
-                    run = ents[run_ptr[i]:run_ptr[i + 1]]
-                    v = max(v, stratum_variance(run, n, data, x))
-                    k_zero[i] = top_zero(run, k0 + i, data, lay, held)
+                if n < MIN_REPLICATES:
+                    continue
+                # one pass over the stratum's counts for its trimmed variance, its largest
+                # zero (top_zero) and the Cook's distances below
+                t0, t1 = run_ptr[i], run_ptr[i + 1]
+                for t in range(t0, t1):
+                    cell = data.nz[ents[t], 0]
+                    y_k[t] = data.nz[ents[t], 1]
+                    sf_k[t] = lay.cell_sf[cell]
+                    x[t - t0] = y_k[t] * lay.cell_inv_sf[cell]
+                    place = lay.cell_place[cell]
+                    if place <= t1 - t0:
+                        held[place] = True
+                v = max(v, trimmed_variance(x, t1 - t0, n))
+                k_zero[i] = _first_free(held, t1 - t0, k0 + i, lay)
             if v == -np.inf:
                 continue
             a_r = max((v - m) / (m * m), MIN_ROBUST_DISP)
@@ -488,8 +552,9 @@ def max_cooks(comps, theta, base_mean, wald_fit, fit, wald_table, search, rule, 
                         continue
                     exact[i] = lev[i] * ctrl_ymax[g, i] <= 1.0
                     if ctrl_zero[g, i] > -np.inf:
-                        d = _cooks(0.0, ctrl_zero[g, i], _log_mean(s, f[0], c, lay), lev[i],
-                                   a, a_r, p, minmu)
+                        d = _cooks(0.0, math.exp(ctrl_zero[g, i]),
+                                   math.exp(_log_mean(s, f[0], c, lay)), lev[i], a, a_r, p,
+                                   minmu)
                         if d > best:
                             best, best_y = d, 0.0
                 for t in range(cand_lo[g], cand_hi[g]):
@@ -498,8 +563,9 @@ def max_cooks(comps, theta, base_mean, wald_fit, fit, wald_table, search, rule, 
                     if lay.stratum_n[s] < MIN_REPLICATES or not exact[s - c0]:
                         continue
                     y = float(data.nz[e, 1])
-                    d = _cooks(y, data.cell_logs[data.nz[e, 0]], _log_mean(s, f[0], c, lay),
-                               lev[s - c0], a, a_r, p, minmu)
+                    d = _cooks(y, lay.cell_sf[data.nz[e, 0]],
+                               math.exp(_log_mean(s, f[0], c, lay)), lev[s - c0], a, a_r, p,
+                               minmu)
                     if d > best:
                         best, best_y = d, y
                 if not np.all(exact):
@@ -509,8 +575,9 @@ def max_cooks(comps, theta, base_mean, wald_fit, fit, wald_table, search, rule, 
                         if lay.stratum_n[s] < MIN_REPLICATES or exact[s - c0]:
                             continue
                         y = float(data.nz[e, 1])
-                        d = _cooks(y, data.cell_logs[data.nz[e, 0]],
-                                   _log_mean(s, f[0], c, lay), lev[s - c0], a, a_r, p, minmu)
+                        d = _cooks(y, lay.cell_sf[data.nz[e, 0]],
+                                   math.exp(_log_mean(s, f[0], c, lay)), lev[s - c0], a, a_r,
+                                   p, minmu)
                         if d > best:
                             best, best_y = d, y
             else:
@@ -522,18 +589,15 @@ def max_cooks(comps, theta, base_mean, wald_fit, fit, wald_table, search, rule, 
                     s = k0 + i
                     if lay.stratum_n[s] < MIN_REPLICATES:
                         continue
-                    lm = _log_mean(s, f[1], c, lay)
+                    mean = math.exp(_log_mean(s, f[1], c, lay))
                     if k_zero[i] > -np.inf:
-                        d = _cooks(0.0, k_zero[i], lm, lev[i], a, a_r, p, minmu)
+                        d = _cooks(0.0, math.exp(k_zero[i]), mean, lev[i], a, a_r, p, minmu)
                         if d > best:
                             best, best_y = d, 0.0
                     for t in range(run_ptr[i], run_ptr[i + 1]):
-                        e = ents[t]
-                        y = float(data.nz[e, 1])
-                        d = _cooks(y, data.cell_logs[data.nz[e, 0]], lm, lev[i], a, a_r, p,
-                                   minmu)
+                        d = _cooks(y_k[t], sf_k[t], mean, lev[i], a, a_r, p, minmu)
                         if d > best:
-                            best, best_y = d, y
+                            best, best_y = d, y_k[t]
             else:
                 best = max(best, 0.0)
             out[g, j] = best

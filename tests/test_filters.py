@@ -20,6 +20,7 @@ import pytest
 from conftest import TARGETS
 
 import perturbglm
+from perturbglm.cli import main
 from perturbglm.nb.lowess import lowess
 from perturbglm.steps.pvalues import (
     bh,
@@ -306,3 +307,22 @@ def test_global_dispersion_filters_on_the_mean_over_all_cells(subset, tmp_path_f
         assert rec["perturbations"][target]["threshold"] == pytest.approx(cut, rel=1e-12)
         assert rec["perturbations"][target]["theta"] == theta
         _same(rows["padj"], padj, rel=1e-12)
+
+
+def test_command_line(subset, tmp_path, capsys, filtered):
+    """The flags reach the run (the same record as from Python), and the report says how
+    many p-values the filtering left out."""
+    out = tmp_path / "out"
+    rc = main(["de", subset, "--groupby", "gene", "--control", "non-targeting",
+               "--size-factors", "obs:size_factor", "--outliers", "off",
+               "--independent-filtering", "--min-base-mean", "0", "--min-pct", "0",
+               "--out", str(out), "--quiet"])
+    assert rc == 0
+    with open(out / "run.json") as fh:
+        record = json.load(fh)
+    assert record["parameters"]["independent_filtering"] is True
+    assert record["independent_filtering"] == filtered[2]["independent_filtering"]
+    per = record["independent_filtering"]["perturbations"].values()
+    n = sum(r["filtered"] for r in per)
+    assert f"independent filtering left {n:,} p-values of 3 perturbation(s)" in \
+        capsys.readouterr().out

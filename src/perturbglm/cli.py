@@ -137,6 +137,11 @@ def _report(rows: list[dict], info: dict, out: str) -> None:
         print(f"made {len(ren)} repeated gene name(s) unique: "
               + ", ".join(f"{o} -> {n}" for n, o in list(ren.items())[:5])
               + (" ..." if len(ren) > 5 else "") + " (all in run.json)")
+    if info.get("independent_filtering"):
+        per = info["independent_filtering"]["perturbations"].values()
+        print(f"independent filtering left {sum(r['filtered'] for r in per):,} p-values of "
+              f"{sum(r['filtered'] > 0 for r in per)} perturbation(s) out of BH (cutoffs in "
+              "run.json)")
     if info.get("cells_without_counts"):
         print(f"left out {info['cells_without_counts']} cells with no counts")
     if info.get("cells_without_label"):

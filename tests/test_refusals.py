@@ -380,10 +380,21 @@ def test_min_mu_not_positive_finite(tmp_path, capsys, screen, value):
     refuse(tmp_path, capsys, screen, [*BASE, "--min-mu", value], "--min-mu", "positive finite")
 
 
+@pytest.mark.parametrize(("option", "value", "says"), [
+    ("--min-base-mean", "-1", "non-negative finite"), ("--min-base-mean", "inf", "finite"),
+    ("--min-base-mean", "nan", "finite"), ("--min-pct", "101", "between 0 and 100"),
+    ("--min-pct", "-0.5", "between 0 and 100"), ("--min-pct", "nan", "between 0 and 100"),
+])
+def test_gene_filters_out_of_range(tmp_path, capsys, screen, option, value, says):
+    refuse(tmp_path, capsys, screen, [*BASE, option, value], option, says)
+
+
 @pytest.mark.parametrize("option", [
     {"min_mu": np.inf}, {"min_mu": np.nan}, {"min_mu": "0.5"}, {"threads": 1.5},
     {"threads": 0}, {"chunk_cells": 2.5}, {"min_cells": "3"}, {"min_cells": True},
-    {"fdr": "0.1"}, {"test": "score"},
+    {"fdr": "0.1"}, {"test": "score"}, {"min_base_mean": "1"}, {"min_base_mean": -0.1},
+    {"min_pct": 100.5}, {"min_pct": True}, {"independent_filtering": "yes"},
+    {"independent_filtering": 1},
 ], ids=repr)
 def test_option_values_from_python(tmp_path, screen, option):
     """Option values the command line's types would stop are refused from Python too, in one

@@ -24,8 +24,15 @@ def de(data, groupby: str, control, *, out: str | None = None, overwrite: bool =
 
     options: any field of `perturbglm.options.Options`, with its default there (and in
     `perturbglm.options.defaults()`): covariates, layer, size_factors, min_cells, min_mu,
-    dispersion, test, outliers, shrink, max_memory, chunk_cells, threads, fdr. The README
-    gives the meaning of each and its DESeq2 counterpart.
+    dispersion, test, outliers, shrink, max_memory, chunk_cells, threads, fdr,
+    independent_filtering, min_base_mean, min_pct. The README gives the meaning of each and
+    its DESeq2 counterpart. padj is by default BH over the tested genes of each perturbation
+    (DESeq2's results(independentFiltering = FALSE)); independent_filtering=True gives
+    results()' default instead, leaving genes of low baseMean out of BH (padj NaN) at the
+    cutoff DESeq2 would choose for the most rejections at `fdr`, recorded per perturbation in
+    run_info["independent_filtering"]. min_base_mean and min_pct (percent of cells with a
+    non-zero count, in the arm where it is larger) leave genes out of the tests and the FDR
+    (pvalue and padj NaN) without changing size factors or dispersions.
     """
     if isinstance(options.get("covariates"), str):
         options["covariates"] = [c for c in options["covariates"].split(",") if c]

@@ -47,7 +47,20 @@ def _add_de(sub):
     p.add_argument("--min-mu", type=float,
                    help=f"floor on fitted means (default {d['min_mu']:g}; 0.5 is DESeq2's "
                         "classic value)")
-    p.add_argument("--fdr", type=float, help=f"FDR for the summary (default {d['fdr']})")
+    p.add_argument("--fdr", type=float,
+                   help=f"FDR for the summary and the independent filtering (default {d['fdr']})")
+    p.add_argument("--independent-filtering", action="store_true", default=None,
+                   help="padj as results()' default: genes of low baseMean left out of BH "
+                        "(padj NaN) at the cutoff DESeq2 chooses per perturbation for the "
+                        "most rejections at --fdr (default: BH over every tested gene, "
+                        "independentFiltering=FALSE)")
+    p.add_argument("--min-base-mean", type=float,
+                   help="leave genes with base_mean below X out of the tests and the FDR "
+                        f"(pvalue, padj NaN; default {d['min_base_mean']:g}: none)")
+    p.add_argument("--min-pct", type=float,
+                   help="leave genes with a non-zero count in less than X percent of the "
+                        "cells of both arms out of the tests and the FDR (pvalue, padj NaN; "
+                        f"default {d['min_pct']:g}: none)")
     p.add_argument("--threads", type=int, help="threads (default: all cores)")
     p.add_argument("--max-memory",
                    help=f"memory budget, e.g. 2G or 500M (default {memory.DEFAULT}); sets the "
@@ -124,6 +137,11 @@ def _report(rows: list[dict], info: dict, out: str) -> None:
         print(f"made {len(ren)} repeated gene name(s) unique: "
               + ", ".join(f"{o} -> {n}" for n, o in list(ren.items())[:5])
               + (" ..." if len(ren) > 5 else "") + " (all in run.json)")
+    if info.get("independent_filtering"):
+        per = info["independent_filtering"]["perturbations"].values()
+        print(f"independent filtering left {sum(r['filtered'] for r in per):,} p-values of "
+              f"{sum(r['filtered'] > 0 for r in per)} perturbation(s) out of BH (cutoffs in "
+              "run.json)")
     if info.get("cells_without_counts"):
         print(f"left out {info['cells_without_counts']} cells with no counts")
     if info.get("cells_without_label"):

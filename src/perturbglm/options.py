@@ -40,6 +40,9 @@ class Options:
     chunk_cells: int | None = None
     threads: int | None = None
     fdr: float = 0.1
+    independent_filtering: bool = False
+    min_base_mean: float = 0.0
+    min_pct: float = 0.0
 
     def check(self):
         """Refuse option values the analysis cannot use, naming the option as both the
@@ -64,6 +67,20 @@ class Options:
             self.threads = _whole("threads", self.threads)
         if not (_is_real(self.fdr) and 0 < self.fdr < 1):
             raise InputError(f"--fdr / fdr={self.fdr!r}: give a number between 0 and 1")
+        if not isinstance(self.independent_filtering, (bool, np.bool_)):
+            raise InputError("--independent-filtering / independent_filtering="
+                             f"{self.independent_filtering!r}: give True or False (on the "
+                             "command line the flag alone turns it on)")
+        self.independent_filtering = bool(self.independent_filtering)
+        if not (_is_real(self.min_base_mean) and math.isfinite(self.min_base_mean)
+                and self.min_base_mean >= 0):
+            raise InputError(f"--min-base-mean / min_base_mean={self.min_base_mean!r}: give a "
+                             "non-negative finite number (0, the default, drops no gene)")
+        self.min_base_mean = float(self.min_base_mean)
+        if not (_is_real(self.min_pct) and 0 <= self.min_pct <= 100):
+            raise InputError(f"--min-pct / min_pct={self.min_pct!r}: give a percent of cells "
+                             "between 0 and 100 (0, the default, drops no gene)")
+        self.min_pct = float(self.min_pct)
         sf_mod.parse(self.size_factors)
         memory.parse(self.max_memory)
 

@@ -200,6 +200,8 @@ def _analyse(path: str, opts: Options, budget: int, out_dir: str, overwrite: boo
                    "resumed": ws.resumed},
         "timings": timings,
     }
+    if opts.independent_filtering:
+        info["independent_filtering"] = _filter_record(runner, labels[cx.comps])
     step = max(1, min(plan.comps_chunk, output.ROWS_PER_GROUP // max(genes.size, 1)))
     columns = steps_mod.columns(steps)
     chunks = _table_chunks(runner, columns, step, progress)
@@ -229,6 +231,22 @@ def _analysed_design(des: design_mod.Design, sf: np.ndarray):
     return des.on_analysed_cells(), empty, no_counts
 
 
+
+
+def _filter_record(runner: Runner, labels: np.ndarray) -> dict:
+    """run.json's record of the independent filtering: the filter statistic, alpha, and per
+    perturbation the cutoff on it (DESeq2's metadata(res)$filterThreshold), its quantile
+    (filterTheta) and the number of p-values left out of BH."""
+    cx = runner.cx
+    every = slice(0, cx.comps.size)
+    threshold, theta, left_out = (runner.rows_input(key, every)
+                                  for key in ("filter_threshold", "filter_theta", "filtered"))
+    return {
+        "filter": "mean normalised count over all cells" if cx.shared else "base_mean",
+        "alpha": cx.opts.fdr,
+        "perturbations": {str(label): {"threshold": float(threshold[k]),
+                                       "theta": float(theta[k]), "filtered": int(left_out[k])}
+                          for k, label in enumerate(labels)}}
 
 
 def _table_chunks(runner: Runner, columns: list[tuple[str, str]], step: int, progress):

@@ -32,7 +32,7 @@ def for_options(opts: Options) -> list[Step]:
         steps.append(cooks.step())
     if opts.shrink == "apeglm":
         steps += [shrink.scale_step(), shrink.step()]
-    steps.append(pvalues.step(reads_outliers=opts.outliers == "filter"))
+    steps.append(pvalues.step(opts))
     return steps
 
 

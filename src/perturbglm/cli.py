@@ -22,6 +22,9 @@ def _add_de(sub):
     p.add_argument("--control", required=True,
                    help="label of the control cells in --groupby; several, separated by "
                         "commas, are pooled into one control group")
+    p.add_argument("--contrast", dest="contrasts", action="append", metavar="A:B",
+                   help="also compare perturbation A with perturbation B (B the reference, "
+                        "log2fc = log2(A / B)), as DESeq2 on A's and B's cells; repeatable")
     p.add_argument("--covariates",
                    help="comma-separated obs columns (categorical: one-hot, first level "
                         "dropped; numeric: centred and scaled)")

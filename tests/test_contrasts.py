@@ -222,8 +222,9 @@ def test_cli_contrasts_and_no_contrast_unchanged(tmp_path, capsys, tiny):
     negated up to the tables' interpolation: the reference's profile and MLE come from its
     tables over theta (quintic and cubic Hermite), the other group's are exact, so the two
     directions differ by that error (measured 3e-5 in log2fc; atol 2e-4)."""
-    _, out = succeed(tmp_path, capsys, tiny, [*BASE, "--contrast", "A:B", "--contrast",
-                                              "B:A"])
+    cap, out = succeed(tmp_path, capsys, tiny, [*BASE, "--contrast", "A:B", "--contrast",
+                                                "B:A", "--quiet"])
+    assert cap.out.startswith("2 perturbations and 2 contrast(s) x 8 genes;"), cap.out
     _, plain = succeed(tmp_path, capsys, tiny, BASE, out_name="plain")
     table = pd.read_parquet(out / "results.parquet")
     alone = pd.read_parquet(plain / "results.parquet")

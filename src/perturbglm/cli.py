@@ -106,7 +106,10 @@ def _rerun(args) -> str:
 
 
 def _report(rows: list[dict], info: dict, out: str) -> None:
-    print(f"{len(rows)} perturbations x {info['n_genes']:,} genes; "
+    n_contrasts = len(info.get("contrasts", []))
+    compared = (f"{len(rows) - n_contrasts} perturbations and {n_contrasts} contrast(s)"
+                if n_contrasts else f"{len(rows)} perturbations")
+    print(f"{compared} x {info['n_genes']:,} genes; "
           f"{sum(r['de_genes'] for r in rows)} DE pairs at FDR {info['parameters']['fdr']}; "
           f"{info['timings']['total']:.2f} s")
     pooled = info.get("control_labels", [])

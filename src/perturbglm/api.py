@@ -23,7 +23,8 @@ def de(data, groupby: str, control, *, out: str | None = None, overwrite: bool =
     memory.
 
     options: any field of `perturbglm.options.Options`, with its default there (and in
-    `perturbglm.options.defaults()`): covariates, layer, size_factors, min_cells, min_mu,
+    `perturbglm.options.defaults()`): contrasts (pairs (A, B), or "A:B" strings: A against
+    B as extra rows "A vs B"), covariates, layer, size_factors, min_cells, min_mu,
     dispersion, test, outliers, shrink, max_memory, chunk_cells, threads, fdr,
     independent_filtering, min_base_mean, min_pct. The README gives the meaning of each and
     its DESeq2 counterpart. padj is by default BH over the tested genes of each perturbation

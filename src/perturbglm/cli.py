@@ -22,6 +22,9 @@ def _add_de(sub):
     p.add_argument("--control", required=True,
                    help="label of the control cells in --groupby; several, separated by "
                         "commas, are pooled into one control group")
+    p.add_argument("--contrast", dest="contrasts", action="append", metavar="A:B",
+                   help="also compare perturbation A with perturbation B (B the reference, "
+                        "log2fc = log2(A / B)), as DESeq2 on A's and B's cells; repeatable")
     p.add_argument("--covariates",
                    help="comma-separated obs columns (categorical: one-hot, first level "
                         "dropped; numeric: centred and scaled)")
@@ -116,7 +119,10 @@ def _rerun(args) -> str:
 
 
 def _report(rows: list[dict], info: dict, out: str) -> None:
-    print(f"{len(rows)} perturbations x {info['n_genes']:,} genes; "
+    n_contrasts = len(info.get("contrasts", []))
+    compared = (f"{len(rows) - n_contrasts} perturbations and {n_contrasts} contrast(s)"
+                if n_contrasts else f"{len(rows)} perturbations")
+    print(f"{compared} x {info['n_genes']:,} genes; "
           f"{sum(r['de_genes'] for r in rows)} DE pairs at FDR {info['parameters']['fdr']}; "
           f"{info['timings']['total']:.2f} s")
     pooled = info.get("control_labels", [])

@@ -22,6 +22,7 @@ class Design:
     skipped: dict[str, int] = field(default_factory=dict)   # groups below --min-cells
     dropped_cells: int = 0         # cells with no group label
     sources: dict = field(default_factory=dict)   # covariate name -> its obs column
+    contrasts: list[tuple[str, str]] = field(default_factory=list)   # (A, B) labels, as given
 
     @property
     def n_groups(self) -> int:
@@ -30,6 +31,16 @@ class Design:
     @property
     def perturbations(self) -> list[int]:
         return [k for k in range(self.n_groups) if k != self.control]
+
+    def code(self, label: str) -> int:
+        """The group code of a perturbation label."""
+        return self.labels.index(label)
+
+    def with_reference(self, label: str) -> Design:
+        """The design with perturbation `label` as the reference group in the control's
+        place (a contrast's B: the kernels take the reference as `control`); the covariate
+        columns are unchanged (on_analysed_cells checked them against its cells)."""
+        return replace(self, control=self.code(label))
 
     def without(self, drop) -> Design:
         """The design with the perturbation groups `drop` removed (their cells unanalysed)."""
@@ -49,11 +60,23 @@ class Design:
         the analysed cells. (The early call also refuses a missing value, or a level without
         control cells, in cells that turn out to have no counts.)"""
         z, names, categorical_only = _covariates(self.sources, self.cell_group, self.control)
+        for a, b in self.contrasts:
+            lost = [x for x in (a, b) if x not in self.labels]
+            if lost:
+                raise InputError(f"--contrast '{a}{CONTRAST_SEPARATOR}{b}': no cell of "
+                                 f"'{lost[0]}' has counts; drop this contrast")
+        if self.sources:
+            # a contrast's reference stands in the control's place: the same conditions
+            for b in dict.fromkeys(b for _, b in self.contrasts):
+                _covariates(self.sources, self.cell_group, self.code(b),
+                            f"'{b}' (a --contrast reference)")
         return replace(self, covariates=z, covariate_names=names,
                        categorical_only=categorical_only)
 
 
 POOL_SEPARATOR = "+"    # joins the labels of a pooled control into its group's name
+CONTRAST_SEPARATOR = ":"   # A:B on the command line
+CONTRAST_JOIN = " vs "     # a contrast's name in the table: "A vs B"
 
 
 def control_labels(control) -> list[str]:
@@ -81,8 +104,45 @@ def control_name(labels: list[str]) -> str:
     return POOL_SEPARATOR.join(labels)
 
 
+def contrast_pairs(contrasts) -> list[tuple[str, str]]:
+    """The contrasts `--contrast A:B` / `contrasts=` names, as (A, B) label pairs: each an
+    "A:B" string (as the command line gives them; neither label may hold ':') or, from
+    Python, a pair of labels (which may). Refuses a malformed item, A == B, and a contrast
+    given twice."""
+    if isinstance(contrasts, (str, bytes)) or not isinstance(contrasts, (list, tuple)):
+        raise InputError(f"--contrast / contrasts={contrasts!r}: give a list of 'A:B' strings "
+                         "or (A, B) pairs")
+    pairs = []
+    for item in contrasts:
+        if isinstance(item, str):
+            parts = item.split(CONTRAST_SEPARATOR)
+        elif isinstance(item, (list, tuple)) and all(isinstance(x, str) for x in item):
+            parts = list(item)
+        else:
+            parts = []
+        if len(parts) != 2 or not all(parts):
+            raise InputError(f"--contrast / contrasts: {item!r} is not A:B (two labels, the "
+                             "perturbation and its reference, separated by one ':'; a label "
+                             "holding ':' can be given from Python as a pair (A, B))")
+        a, b = parts
+        if a == b:
+            raise InputError(f"--contrast '{a}{CONTRAST_SEPARATOR}{b}' compares '{a}' with "
+                             "itself; give two different labels")
+        if (a, b) in pairs:
+            raise InputError(f"--contrast '{a}{CONTRAST_SEPARATOR}{b}' is given twice; give "
+                             "each contrast once")
+        pairs.append((a, b))
+    return pairs
+
+
+def contrast_name(a: str, b: str) -> str:
+    """A contrast's name in the table's perturbation column and the summary: "A vs B"."""
+    return f"{a}{CONTRAST_JOIN}{b}"
+
+
 def build(obs: dict, columns: list[str], groupby: str, control: list[str],
-          covariates: list[str], min_cells: int) -> Design:
+          covariates: list[str], min_cells: int,
+          contrasts: list[tuple[str, str]] = ()) -> Design:
     """obs holds the columns the design uses (reader.read_obs); `columns` names every obs
     column of the file. Groups are the labels as text. The cells of every label in `control`
     (control_labels) are pooled into one control group, code 0, as if the column gave them
@@ -134,9 +194,38 @@ def build(obs: dict, columns: list[str], groupby: str, control: list[str],
         if cov == groupby:
             raise InputError(f"--covariates '{cov}' is the --groupby column itself; a "
                              "covariate confounded with the perturbation cannot be adjusted for")
+    _check_contrasts(contrasts, uniq, control, skipped, groupby, min_cells)
     return Design(kept, 0, code, np.zeros((code.size, 0)), [], True, skipped,
-                  int((~present).sum()), {cov: obs[cov] for cov in covariates}
-                  ).on_analysed_cells()
+                  int((~present).sum()), {cov: obs[cov] for cov in covariates},
+                  list(contrasts)).on_analysed_cells()
+
+
+def _check_contrasts(contrasts, uniq: list[str], control: list[str], skipped: dict,
+                     groupby: str, min_cells: int) -> None:
+    """Refuse a contrast (A, B) whose label is not one of `groupby`'s (with the closest
+    labels), is a control label (A against the control is A's own row of the table), has
+    fewer than --min-cells cells, or whose name "A vs B" is a label itself (the table could
+    not tell the two apart)."""
+    for a, b in contrasts:
+        given = f"--contrast '{a}{CONTRAST_SEPARATOR}{b}'"
+        for label in (a, b):
+            if label not in uniq:
+                close = difflib.get_close_matches(label, uniq, n=3, cutoff=0.4)
+                hint = (f"; did you mean {', '.join(repr(c) for c in close)}?" if close else
+                        f"; labels include {', '.join(repr(u) for u in uniq[:5])}")
+                raise InputError(f"{given}: '{label}' is not a label of '{groupby}'{hint}")
+            if label in control:
+                raise InputError(
+                    f"{given}: '{label}' is the control; every perturbation is compared "
+                    "with the control already (its own rows, log2fc = log2(perturbation / "
+                    "control)); a contrast compares two perturbations")
+            if label in skipped:
+                raise InputError(f"{given}: '{label}' has {skipped[label]} cells, fewer than "
+                                 f"--min-cells {min_cells}; lower --min-cells or drop the "
+                                 "contrast")
+        if contrast_name(a, b) in uniq:
+            raise InputError(f"{given}: its name in the table, '{contrast_name(a, b)}', is a "
+                             f"label of '{groupby}' too; rename that label")
 
 
 def _unknown_control(label: str, uniq: list[str], groupby: str) -> str:
@@ -147,7 +236,7 @@ def _unknown_control(label: str, uniq: list[str], groupby: str) -> str:
     return f"--control '{label}' is not a label of '{groupby}'{hint}"
 
 
-def _covariates(sources: dict, cell_group: np.ndarray, control: int):
+def _covariates(sources: dict, cell_group: np.ndarray, control: int, whose: str = "control"):
     """The covariate matrix of `Design.on_analysed_cells` (cells x columns; only the
     analysed cells' rows are used), its column names and whether every covariate is
     categorical; refuses covariates the analysed cells cannot estimate. A numeric covariate
@@ -155,7 +244,8 @@ def _covariates(sources: dict, cell_group: np.ndarray, control: int):
     change of x, and standardised so is its fit, whose start (coefficients 0), step cap,
     coefficient bounds, ridge, convergence tolerance and collinearity check are on the
     coefficients' scale (in x's own units they made the results depend on x's units and
-    origin, and a large offset look collinear)."""
+    origin, and a large offset look collinear). `whose` names group `control` in the
+    refusals (a contrast's reference is checked as the control is)."""
     blocks, names = [], []
     categorical_only = True
     analysed = cell_group >= 0
@@ -184,7 +274,7 @@ def _covariates(sources: dict, cell_group: np.ndarray, control: int):
         in_control = set(np.unique(codes[control_cells]))
         missing = [levels_all[i] for i in used if i not in in_control]
         if missing:
-            raise InputError(f"--covariates '{cov}': level(s) {missing} have no control cells, "
+            raise InputError(f"--covariates '{cov}': level(s) {missing} have no {whose} cells, "
                              "so their effect is confounded with the perturbations there; drop "
                              "those cells or the covariate")
         for lev_i in used[1:]:
@@ -198,7 +288,7 @@ def _covariates(sources: dict, cell_group: np.ndarray, control: int):
     zc = np.hstack([np.ones((control_cells.sum(), 1)), z[control_cells]])
     if np.linalg.matrix_rank(zc) < zc.shape[1]:
         raise InputError(f"--covariates {', '.join(sources)} are confounded with each other "
-                         "in the control cells (collinear); drop one")
+                         f"in the {whose} cells (collinear); drop one")
     return z, names, categorical_only
 
 

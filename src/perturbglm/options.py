@@ -28,6 +28,7 @@ class Options:
     groupby: str
     control: str | list[str] | tuple[str, ...]   # as given; see control_labels
     covariates: list[str] = field(default_factory=list)
+    contrasts: list = field(default_factory=list)   # "A:B" or (A, B); see contrast_pairs
     layer: str | None = None
     size_factors: str = "library"
     min_cells: int = 3
@@ -49,6 +50,7 @@ class Options:
         command line (--min-cells) and Python (min_cells=) spell it; whole numbers given as
         floats (3.0) become ints."""
         self.control_labels()
+        self.contrast_pairs()
         if self.outliers == "replace":
             raise InputError("--outliers / outliers='replace' (DESeq()'s replacement of outlier "
                              "counts and refit) is not implemented; use filter (the default, "
@@ -88,14 +90,22 @@ class Options:
         """The labels pooled as the control (design.control_labels)."""
         return design_mod.control_labels(self.control)
 
+    def contrast_pairs(self) -> list[tuple[str, str]]:
+        """The contrasts as (A, B) label pairs (design.contrast_pairs)."""
+        return design_mod.contrast_pairs(self.contrasts)
+
     def fingerprint(self) -> dict:
         """The options that change the numbers (not memory, chunking or threads). The
         control as its labels, so that "A,B", ["A", "B"] and ("A", "B") resume each other's
-        run; one label stays the string it was."""
-        skip = ("max_memory", "chunk_cells", "threads")
+        run; one label stays the string it was. The contrasts as label pairs ("A:B" and
+        ("A", "B") resume each other's run), left out when there are none (a run without
+        contrasts keeps the fingerprint it had before they existed)."""
+        skip = ("max_memory", "chunk_cells", "threads", "contrasts")
         labels = self.control_labels()
+        pairs = self.contrast_pairs()
         return {k: v for k, v in asdict(self).items() if k not in skip} | {
-            "control": labels[0] if len(labels) == 1 else labels}
+            "control": labels[0] if len(labels) == 1 else labels} | (
+            {"contrasts": [list(p) for p in pairs]} if pairs else {})
 
 
 def defaults() -> dict:

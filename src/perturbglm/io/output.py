@@ -15,6 +15,7 @@ import os
 import platform
 import sys
 import time
+from collections import namedtuple
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -52,6 +53,12 @@ def _schema(columns: list[str]):
     import pyarrow as pa
     return pa.schema([("perturbation", pa.string()), ("gene", pa.string())]
                      + [(name, pa.float64()) for name in columns])
+
+
+Rows = namedtuple("Rows", ["names", "targets", "cells", "control_cells", "cols"])
+Rows.__doc__ = """A chunk of the table: per comparison its name (the perturbation column), the
+label whose own gene is its target (the summary's target columns), its cells and its
+reference's (the control's, or a contrast's B's), and {column: comparisons x genes array}."""
 
 
 @dataclass
@@ -93,13 +100,14 @@ def run_record(path, opts, info) -> dict:
     }
 
 
-def _summary_rows(labels, cols, code, n_cells, control_cells, genes_index, fdr):
-    for j, label in enumerate(labels):
-        g = genes_index.get(label)
+def _summary_rows(rows: Rows, genes_index, fdr):
+    cols = rows.cols
+    for j, name in enumerate(rows.names):
+        g = genes_index.get(rows.targets[j])
         yield {
-            "perturbation": label,
-            "cells": int(n_cells[code[label]]),
-            "control_cells": control_cells,
+            "perturbation": name,
+            "cells": int(rows.cells[j]),
+            "control_cells": int(rows.control_cells[j]),
             "genes_tested": int(np.isfinite(cols["pvalue"][j]).sum()),
             "de_genes": int((cols["padj"][j] < fdr).sum()),
             "target_measured": g is not None,
@@ -127,12 +135,12 @@ def write_record(folder: str, record: dict) -> None:
         json.dump(record, fh, indent=2, default=str)
 
 
-def write(out_dir: str, overwrite: bool, columns: list[str], chunks, design, genes, info,
+def write(out_dir: str, overwrite: bool, columns: list[str], chunks, genes, info,
           opts, path, t0: float, run: str) -> Written:
-    """Stream (labels, {column: comparisons x genes array}) chunks into
-    OUT_DIR/results.parquet (the float columns `columns`, in that order, after perturbation
-    and gene), then the summary and the run record; swap the folder into place, marked as
-    the results of `run` (the digest of the run's fingerprint). Call under outdir.lock(out_dir)."""
+    """Stream `Rows` chunks into OUT_DIR/results.parquet (the float columns `columns`, in
+    that order, after perturbation and gene), then the summary and the run record; swap the
+    folder into place, marked as the results of `run` (the digest of the run's
+    fingerprint). Call under outdir.lock(out_dir)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -141,25 +149,21 @@ def write(out_dir: str, overwrite: bool, columns: list[str], chunks, design, gen
     genes_index = {}
     for i, g in enumerate(genes):
         genes_index.setdefault(g, i)
-    code = {label: k for k, label in enumerate(design.labels)}
-    n_cells = np.bincount(design.cell_group[design.cell_group >= 0],
-                          minlength=design.n_groups)
-    control_cells = int(n_cells[design.control])
     rows = []
     with outdir.staged(out_dir, overwrite, run) as tmp:
         t1 = time.perf_counter()
         with pq.ParquetWriter(os.path.join(tmp, "results.parquet"), schema,
                               compression="zstd", use_dictionary=False) as writer:
-            for labels, cols in chunks:
+            for chunk in chunks:
+                cols = chunk.cols
                 n, G = cols["log2fc"].shape
-                arrays = [_arrow_strings(labels).take(
+                arrays = [_arrow_strings(chunk.names).take(
                               _arrow_numbers(np.repeat(np.arange(n), G), "int64")),
                           genes_pa.take(_arrow_numbers(np.tile(np.arange(G), n), "int64"))]
                 arrays += [_arrow_numbers(cols[c].ravel(), "float64") for c in columns]
                 writer.write_table(pa.Table.from_arrays(arrays, schema=schema),
                                    row_group_size=max(n * G, 1))
-                rows.extend(_summary_rows(labels, cols, code, n_cells, control_cells,
-                                          genes_index, opts.fdr))
+                rows.extend(_summary_rows(chunk, genes_index, opts.fdr))
         write_summary(os.path.join(tmp, "summary.csv"), rows)
         info["timings"]["write"] = time.perf_counter() - t1
         info["timings"]["total"] = time.perf_counter() - t0

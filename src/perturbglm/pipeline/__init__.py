@@ -10,8 +10,11 @@
 
 Each perturbation is compared with the control cells as DESeq2 would compare the two groups
 alone (its own trend and prior), or, with dispersion="global", every comparison shares one
-dispersion per gene estimated from all cells. Every finished step is saved in the workspace,
-so --resume continues an interrupted run.
+dispersion per gene estimated from all cells. A contrast A:B is the same comparison with B
+in the control's place: the step list runs again for each distinct reference B (a Context
+whose control is B and whose comparisons are its A's), on the same gene blocks, and its
+rows follow the control comparisons' in the table. Every finished step is saved in the
+workspace, so --resume continues an interrupted run.
 """
 
 from __future__ import annotations
@@ -110,11 +113,12 @@ def _analyse(path: str, opts: Options, budget: int, out_dir: str, overwrite: boo
         if src.n_cells == 0 or src.n_genes == 0:
             raise InputError(f"the matrix is empty ({src.n_cells} cells x {src.n_genes} genes)")
         des = design_mod.build(obs, columns, opts.groupby, opts.control_labels(),
-                               opts.covariates, opts.min_cells)
+                               opts.covariates, opts.min_cells, opts.contrast_pairs())
         obs_sf = sf_mod.from_obs(obs, columns, column) if kind == "obs" else None
         obs_used = list(obs)
         del obs
         n_comps = len(des.perturbations)
+        n_contrasts = len(des.contrasts)
         nnz = stored_nnz(f, src)
         print_ = fingerprint(f, src.key, obs_used, opts.fingerprint())
         if resume and not overwrite and os.path.lexists(out_dir):
@@ -137,9 +141,11 @@ def _analyse(path: str, opts: Options, budget: int, out_dir: str, overwrite: boo
                                                      ("apeglm", opts.shrink == "apeglm")) if on]
                 kernels = memory.kernel_bytes(des.covariates.shape[1] > 0,
                                               *stored_dtypes(f, src), statistics)
-                plan = memory.plan(budget, src.n_cells, src.n_genes, nnz, n_comps, kernels)
+                # a reference's runner holds at most every contrast's rows at once
+                plan = memory.plan(budget, src.n_cells, src.n_genes, nnz,
+                                   max(n_comps, n_contrasts), kernels)
                 ws.save_json("plan", asdict(plan))
-            disk["need"] = _disk_need(plan, nnz, n_comps, src.n_genes)
+            disk["need"] = _disk_need(plan, nnz, n_comps + n_contrasts, src.n_genes)
             timings["read_metadata"] = time.perf_counter() - t0
             store = summaries.Store(src.n_genes, None if plan.in_memory else ws.file("store"))
             chunk_cells = opts.chunk_cells or plan.chunk_cells(src.n_cells, nnz)
@@ -176,18 +182,37 @@ def _analyse(path: str, opts: Options, budget: int, out_dir: str, overwrite: boo
         ranges = store.blocks(plan.block_nnz, max_slabs)
         ws.save_json("blocks", {"ranges": ranges})
     steps = steps_mod.for_options(opts)
-    runner = Runner(steps, ws, Blocks(store, ranges, des.cell_group, at), cx,
-                    plan.comps_chunk, progress)
+    blocks = Blocks(store, ranges, des.cell_group, at)
+    runner = Runner(steps, ws, blocks, cx, plan.comps_chunk, progress)
     runner.run(timings)
+    references = _reference_runners(des, opts, at, steps, ws, blocks, plan.comps_chunk,
+                                    progress)
+    if references:
+        t1 = time.perf_counter()
+        timings["contrasts"] = {}
+        done, total = 0, sum(r.count() for r in references.values())
+        for r in references.values():
+            r.run(timings["contrasts"], done, total)
+            done += r.count()
+        timings["contrasts"]["total"] = time.perf_counter() - t1
     store.close()
 
     labels = np.array(des.labels, dtype=object)
     every = slice(0, cx.dcomps.size)
+    trend_fit = dict(zip([str(x) for x in (["all"] if cx.shared else labels[cx.comps])],
+                         [str(k) for k in runner.rows_input("kind", every)], strict=True))
+    prior_variance = [float(x) for x in runner.rows_input("prior_var", every)]
+    if not cx.shared:   # with one dispersion for all, a reference's trend is the same fit
+        for a, b in des.contrasts:
+            row = _contrast_row(references, des, a, b)
+            trend_fit[design_mod.contrast_name(a, b)] = str(
+                references[b].rows_input("kind", row)[0])
+            prior_variance.append(float(references[b].rows_input("prior_var", row)[0]))
     info = {
-        "trend_fit": dict(zip([str(x) for x in (["all"] if cx.shared else labels[cx.comps])],
-                              [str(k) for k in runner.rows_input("kind", every)],
-                              strict=True)),
-        "prior_variance": [float(x) for x in runner.rows_input("prior_var", every)],
+        "trend_fit": trend_fit,
+        "prior_variance": prior_variance,
+        "contrasts": [{"name": design_mod.contrast_name(a, b), "perturbation": a,
+                       "reference": b} for a, b in des.contrasts],
         "renamed_genes": renamed,
         "n_cells": int(src.n_cells), "n_genes": int(src.n_genes), "matrix": src.key,
         "layout": src.layout, "cells_without_counts": int(empty.sum()),
@@ -201,13 +226,18 @@ def _analyse(path: str, opts: Options, budget: int, out_dir: str, overwrite: boo
         "timings": timings,
     }
     if opts.independent_filtering:
-        info["independent_filtering"] = _filter_record(runner, labels[cx.comps])
+        record = _filter_record(runner, labels[cx.comps])
+        for a, b in des.contrasts:
+            name = design_mod.contrast_name(a, b)
+            record["perturbations"] |= _filter_record(
+                references[b], [name], _contrast_row(references, des, a, b))["perturbations"]
+        info["independent_filtering"] = record
     step = max(1, min(plan.comps_chunk, output.ROWS_PER_GROUP // max(genes.size, 1)))
     columns = steps_mod.columns(steps)
-    chunks = _table_chunks(runner, columns, step, progress)
+    chunks = _table_chunks(runner, references, columns, step, progress)
     disk["folder"] = out_dir
     written = output.write(out_dir, overwrite or resume, [c for c, _ in columns], chunks,
-                           des, genes, info, opts, path, t0, workspace.digest(print_))
+                           genes, info, opts, path, t0, workspace.digest(print_))
     ws.discard()
     return written
 
@@ -233,12 +263,13 @@ def _analysed_design(des: design_mod.Design, sf: np.ndarray):
 
 
 
-def _filter_record(runner: Runner, labels: np.ndarray) -> dict:
-    """run.json's record of the independent filtering: the filter statistic, alpha, and per
-    perturbation the cutoff on it (DESeq2's metadata(res)$filterThreshold), its quantile
-    (filterTheta) and the number of p-values left out of BH."""
+def _filter_record(runner: Runner, labels, rows: slice | None = None) -> dict:
+    """run.json's record of the independent filtering of runner's comparisons `rows` (all by
+    default), named `labels`: the filter statistic, alpha, and per perturbation the cutoff
+    on it (DESeq2's metadata(res)$filterThreshold), its quantile (filterTheta) and the
+    number of p-values left out of BH."""
     cx = runner.cx
-    every = slice(0, cx.comps.size)
+    every = slice(0, cx.comps.size) if rows is None else rows
     threshold, theta, left_out = (runner.rows_input(key, every)
                                   for key in ("filter_threshold", "filter_theta", "filtered"))
     return {
@@ -249,23 +280,63 @@ def _filter_record(runner: Runner, labels: np.ndarray) -> dict:
                           for k, label in enumerate(labels)}}
 
 
-def _table_chunks(runner: Runner, columns: list[tuple[str, str]], step: int, progress):
-    """Yield (comparison labels, {output column: comparisons x genes array}) in label order,
-    `step` comparisons at a time."""
+def _reference_runners(des, opts, at, steps, ws, blocks, chunk, progress) -> dict:
+    """One Runner per distinct contrast reference B (in the order the contrasts first name
+    it): the step list with B in the control's place and B's A's, in the order given, as
+    its comparisons; workspace entries contrastNN-STEP... . B's summaries (its tables, its
+    Cook's strata) are made once, as the control's are, whatever the number of its A's."""
+    by_reference: dict[str, list[int]] = {}
+    for a, b in des.contrasts:
+        by_reference.setdefault(b, []).append(des.code(a))
+    return {b: Runner(steps, ws, blocks, context(des.with_reference(b), opts, at, comps),
+                      chunk, progress, prefix=f"contrast{i:02d}-", stage="contrasts")
+            for i, (b, comps) in enumerate(by_reference.items(), start=1)}
+
+
+def _contrast_row(references: dict, des, a: str, b: str) -> slice:
+    """The row of contrast (a, b) in its reference's runner."""
+    i = int(np.flatnonzero(references[b].cx.comps == des.code(a))[0])
+    return slice(i, i + 1)
+
+
+def _columns(runner: Runner, columns: list[tuple[str, str]], rows: slice) -> dict:
+    """{output column: comparisons x genes array} of runner's comparisons `rows`."""
+    cols = {col: runner.rows_input(key, rows) for col, key in columns}
+    shape = cols["log2fc"].shape
+    for col, arr in cols.items():
+        if arr.ndim == 1:                 # per gene: the same for every comparison
+            cols[col] = np.broadcast_to(arr, shape)
+    if runner.cx.shared:   # the gene's one dispersion is not the final one of an untested pair
+        cols["dispersion"] = np.where(cols["base_mean"] > 0, cols["dispersion"], np.nan)
+    return cols
+
+
+def _table_chunks(runner: Runner, references: dict, columns: list[tuple[str, str]],
+                  step: int, progress):
+    """Yield output.Rows: the control comparisons in label order, `step` at a time, then
+    each contrast (its reference's runner) in the order given."""
     cx = runner.cx
+    des = cx.des
     n_c = cx.comps.size
-    labels = np.array(cx.des.labels, dtype=object)
+    n_total = n_c + len(des.contrasts)
+    labels = np.array(des.labels, dtype=object)
+    cells = cx.atoms.group_n.astype(np.int64)
     if progress:
-        progress("writing", 0, n_c, "perturbations")
+        progress("writing", 0, n_total, "perturbations")
     for c0 in range(0, n_c, step):
         c1 = min(c0 + step, n_c)
-        cols = {col: runner.rows_input(key, slice(c0, c1)) for col, key in columns}
-        shape = cols["log2fc"].shape
-        for col, arr in cols.items():
-            if arr.ndim == 1:                 # per gene: the same for every comparison
-                cols[col] = np.broadcast_to(arr, shape)
-        if cx.shared:      # the gene's one dispersion is not the final one of an untested pair
-            cols["dispersion"] = np.where(cols["base_mean"] > 0, cols["dispersion"], np.nan)
+        comps = cx.comps[c0:c1]
+        rows = output.Rows(labels[comps], labels[comps], cells[comps],
+                           np.full(comps.size, cells[des.control]),
+                           _columns(runner, columns, slice(c0, c1)))
         if progress:
-            progress("writing", c1, n_c, "perturbations")
-        yield labels[cx.comps[c0:c1]], cols
+            progress("writing", c1, n_total, "perturbations")
+        yield rows
+    for n, (a, b) in enumerate(des.contrasts, start=n_c + 1):
+        rows = output.Rows([design_mod.contrast_name(a, b)], [a], [cells[des.code(a)]],
+                           [cells[des.code(b)]],
+                           _columns(references[b], columns,
+                                    _contrast_row(references, des, a, b)))
+        if progress:
+            progress("writing", n, n_total, "perturbations")
+        yield rows

@@ -44,13 +44,14 @@ class Blocks:
 
 class Runner:
     """Runs `steps` over `blocks` with context `cx`, comparison steps `chunk` comparisons at
-    a time, in workspace `ws`; `progress(stage, done, total, unit)` is told of each step of
-    each block or chunk."""
+    a time, in workspace `ws` under entry names starting with `prefix`; `progress(stage,
+    done, total, unit)` is told of each step of each block or chunk."""
 
     def __init__(self, steps: list[Step], ws: Workspace, blocks: Blocks, cx: Context,
-                 chunk: int, progress=None):
+                 chunk: int, progress=None, prefix: str = "", stage: str = "fitting"):
         self.steps, self.ws, self.blocks, self.cx = steps, ws, blocks, cx
         self.chunk, self.progress = chunk, progress
+        self.prefix, self.stage = prefix, stage
         self.producer = {key: s for s in steps for key in s.writes}
         self.per_dispersion = {key for s in steps for key in s.per_dispersion}
 
@@ -58,26 +59,35 @@ class Runner:
         return (self.cx.dcomps if step.rows == DISPERSIONS else self.cx.comps).size
 
     def _entry(self, step: Step, i: int) -> str:
-        return f"{step.name}.{i:05d}" if step.scope == BLOCK else f"{step.name}.{i:07d}"
+        return (f"{self.prefix}{step.name}.{i:05d}" if step.scope == BLOCK
+                else f"{self.prefix}{step.name}.{i:07d}")
 
     def _chunks(self, step: Step) -> list[tuple[int, int]]:
         n = self.n_rows(step)
         return [(c0, min(c0 + self.chunk, n)) for c0 in range(0, n, self.chunk)]
 
-    def run(self, timings: dict) -> None:
-        """Every step, in order, skipping what the workspace holds."""
+    def _phases(self) -> list[list[Step]]:
+        """The steps as run: consecutive block steps together, a comparison step alone."""
         phases: list[list[Step]] = []
         for s in self.steps:
             if phases and s.scope == BLOCK and phases[-1][0].scope == BLOCK:
                 phases[-1].append(s)
             else:
                 phases.append([s])
-        total = sum(len(self.blocks) * len(p) if p[0].scope == BLOCK
-                    else len(self._chunks(p[0])) for p in phases)
-        done = 0
-        if self.progress:
-            self.progress("fitting", 0, total, "steps")
-        for phase in phases:
+        return phases
+
+    def count(self) -> int:
+        """The units of work `run` reports: a step of a block, or a chunk of comparisons."""
+        return sum(len(self.blocks) * len(p) if p[0].scope == BLOCK
+                   else len(self._chunks(p[0])) for p in self._phases())
+
+    def run(self, timings: dict, done: int = 0, total: int | None = None) -> None:
+        """Every step, in order, skipping what the workspace holds; progress counts from
+        `done` of `total` (several runners may share one stage of progress)."""
+        total = self.count() if total is None else total
+        if self.progress and done == 0:
+            self.progress(self.stage, 0, total, "steps")
+        for phase in self._phases():
             t0 = time.perf_counter()
             if phase[0].scope == BLOCK:
                 for i in range(len(self.blocks)):
@@ -89,7 +99,7 @@ class Runner:
 
     def _tick(self, done: int, total: int) -> None:
         if self.progress:
-            self.progress("fitting", done, total, "steps")
+            self.progress(self.stage, done, total, "steps")
 
     def _run_block(self, phase: list[Step], i: int, done: int, total: int) -> int:
         kept: dict[str, np.ndarray] = {}       # this block's outputs of earlier steps

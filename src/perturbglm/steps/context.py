@@ -23,7 +23,7 @@ class Context:
     des: Design
     opts: Options
     atoms: Atoms
-    comps: np.ndarray        # tested groups, in label order
+    comps: np.ndarray        # tested groups (in label order against the control)
     dcomps: np.ndarray       # dispersion comparisons, as the kernels take them: comps, or
                              # [-1] (all groups together) when the dispersion is shared
     m_cells: np.ndarray      # cells behind each dispersion comparison
@@ -64,9 +64,11 @@ class Context:
         return None if self.des.covariates.shape[1] else table
 
 
-def context(des: Design, opts: Options, at: Atoms) -> Context:
-    """The Context of an analysis of design `des` on atoms `at`."""
-    comps = np.array(des.perturbations, dtype=np.int64)
+def context(des: Design, opts: Options, at: Atoms, comps=None) -> Context:
+    """The Context of an analysis of design `des` on atoms `at`: its groups `comps` (every
+    perturbation by default) each against group `des.control` (the control, or a contrast's
+    reference, `Design.with_reference`)."""
+    comps = np.array(des.perturbations if comps is None else comps, dtype=np.int64)
     n_total = at.group_n.sum()
     cells_cmp = at.group_n[des.control] + at.group_n[comps]
     lo = math.log(MIN_DISP / 10)

@@ -261,3 +261,22 @@ def test_page_in_browser(reported, tmp_path):
     assert check == {"images": len(pngs), "bad": [], "fetched": len(pngs), "outside": []}
     # the browser may ask for the site's icon on its own; nothing else is allowed
     assert sorted(set(requested) - {"/check.html", "/favicon.ico"}) == ["/" + n for n in pngs]
+
+
+def test_reads_by_row_group(results, tmp_path):
+    """The report's reader on a file of many row groups (3 perturbations each): a
+    perturbation's rows are exactly the table's, row groups outside its range skipped; the
+    streamed batches cover every row once."""
+    table = pq.read_table(os.path.join(results, "results.parquet"))
+    path = str(tmp_path / "groups.parquet")
+    pq.write_table(table, path, row_group_size=3 * 299)
+    rows = report._ParquetRows(path)
+    assert rows.file.metadata.num_row_groups == 9
+    full = table.to_pandas()
+    for labels in (["STAT1"], ["CD86", "STAT1", "ATF2"], ["STAT5A", "UBE2L6"]):
+        got = rows.of(labels, ["gene", "pvalue"])
+        want = full.loc[full["perturbation"].isin(labels), ["perturbation", "gene", "pvalue"]]
+        assert got.equals(want.reset_index(drop=True)), labels
+    assert rows.of(["nothing"], ["gene"]).empty
+    seen = np.concatenate([b["pvalue"] for b in rows.batches(["pvalue"])])
+    np.testing.assert_array_equal(seen, full["pvalue"].to_numpy())

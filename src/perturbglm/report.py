@@ -2,8 +2,9 @@
 that shows them, written to a new folder (by default DIR/report).
 
 Memory: summary.csv (one row per perturbation) is read whole; results.parquet never is.
-Per-perturbation figures read that perturbation's rows only (a filter on `perturbation`,
-which skips the other row groups by their statistics: the table is sorted by perturbation);
+Per-perturbation figures read that perturbation's rows only, one row group at a time and
+only the row groups whose perturbation range (their statistics; the table is sorted by
+perturbation) holds it;
 pooled figures stream the file in batches of BATCH_ROWS rows, reading only the columns they
 need: the pooled p-value histogram counts into fixed bins, and the pooled volcano keeps a
 random sample of the pairs (each pair independently with probability
@@ -81,17 +82,35 @@ class _ParquetRows:
         self.n_rows = self.file.metadata.num_rows
 
     def of(self, labels: list[str], columns: list[str]):
-        """The rows of the perturbations LABELS, as a DataFrame of COLUMNS + perturbation."""
-        import pyarrow.parquet as pq
+        """The rows of the perturbations LABELS, as a DataFrame of COLUMNS + perturbation:
+        one row group at a time, only those whose perturbation range (min/max statistics)
+        holds a label, so memory stays at one row group's COLUMNS whatever the file."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
 
         cols = ["perturbation"] + [c for c in columns if c != "perturbation"]
-        return pq.read_table(self.path, columns=cols,
-                             filters=[("perturbation", "in", list(labels))]).to_pandas()
+        wanted = pa.array(sorted(set(labels)), pa.string())
+        meta = self.file.metadata
+        key = self.file.schema_arrow.get_field_index("perturbation")
+        parts = []
+        for g in range(meta.num_row_groups):
+            stats = meta.row_group(g).column(key).statistics
+            if stats is not None and stats.has_min_max and not any(
+                    stats.min <= label <= stats.max for label in wanted.to_pylist()):
+                continue
+            part = self.file.read_row_group(g, columns=cols)
+            parts.append(part.filter(pc.is_in(part["perturbation"], value_set=wanted)))
+        if not parts:
+            return self.file.schema_arrow.empty_table().select(cols).to_pandas()
+        return pa.concat_tables(parts).to_pandas()
 
     def batches(self, columns: list[str]):
-        """Every row, BATCH_ROWS at a time: {column: numpy array}."""
-        for batch in self.file.iter_batches(batch_size=BATCH_ROWS, columns=columns):
-            yield {c: batch.column(c).to_numpy(zero_copy_only=False) for c in columns}
+        """Every row, BATCH_ROWS at a time: {column: numpy array}; one row group at a time
+        (the reader's own batch iterator reads ahead across row groups)."""
+        for g in range(self.file.metadata.num_row_groups):
+            for batch in self.file.iter_batches(batch_size=BATCH_ROWS, row_groups=[g],
+                                                columns=columns):
+                yield {c: batch.column(c).to_numpy(zero_copy_only=False) for c in columns}
 
 
 class _FrameRows:
@@ -451,7 +470,7 @@ def _null_figure(rows, nulls: list[str], folder: str) -> tuple[str, str]:
         i = np.arange(1, m + 1)
         ax.fill_between(_neg_log10(expected), _neg_log10(beta.ppf(0.025, i, m - i + 1)),
                         _neg_log10(beta.ppf(0.975, i, m - i + 1)), color="#dddddd",
-                        label="95% band under uniformity")
+                        label="95% band under uniformity", zorder=0)
     top = ax.get_xlim()[1]
     ax.plot([0, top], [0, top], color="black", ls="--", lw=1, label="y = x")
     ax.set_xlabel("expected -log10 p (uniform)")

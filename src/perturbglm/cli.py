@@ -1,4 +1,4 @@
-"""Command line: perturbglm de | simulate | demo."""
+"""Command line: perturbglm de | report | simulate | demo."""
 
 from __future__ import annotations
 
@@ -155,6 +155,29 @@ def _report(rows: list[dict], info: dict, out: str) -> None:
     print(f"wrote {out}/results.parquet, summary.csv, run.json")
 
 
+def _add_report(sub):
+    p = sub.add_parser("report", help="figures and an HTML page of a results folder "
+                                      "(needs matplotlib: pip install 'perturbglm[plot]')")
+    p.add_argument("results", help="results folder of `perturbglm de` (its --out)")
+    p.add_argument("--perturbations",
+                   help="comma-separated perturbations to plot besides the top ones")
+    p.add_argument("--out", help="report folder (default: RESULTS/report)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing report folder (only a folder perturbglm wrote)")
+
+
+def _cmd_report(args) -> int:
+    from . import report
+    from .result import Result
+
+    report.need_matplotlib()
+    report.check_results_folder(args.results)
+    named = [p for p in (args.perturbations or "").split(",") if p]
+    out = Result.read(args.results).report(args.out, named, args.overwrite)
+    print(f"wrote {out}/index.html and its figures")
+    return 0
+
+
 def _add_simulate(sub):
     p = sub.add_parser("simulate", help="write a simulated screen and its truth table")
     p.add_argument("out", help="output .h5ad path")
@@ -226,13 +249,14 @@ def main(argv=None) -> int:
         description="DESeq2-grade negative binomial DE for every perturbation of a screen.")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_de(sub)
+    _add_report(sub)
     _add_simulate(sub)
     sub.add_parser("demo", help="simulate a small screen, analyse it and print a summary")
     args = parser.parse_args(argv)
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
-            return {"de": _cmd_de, "simulate": _cmd_simulate,
+            return {"de": _cmd_de, "report": _cmd_report, "simulate": _cmd_simulate,
                     "demo": _cmd_demo}[args.command](args)
     except InputError as exc:
         print(f"perturbglm: error: {exc}", file=sys.stderr)

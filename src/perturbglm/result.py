@@ -77,6 +77,23 @@ class Result:
             self.summary.to_csv(os.path.join(tmp, "summary.csv"), index=False)
             output.write_record(tmp, self.run_info)
 
+    def report(self, out: str | None = None, perturbations=None,
+               overwrite: bool = False) -> str:
+        """Write the report (PNG figures and index.html, see perturbglm.report) to OUT, by
+        default the folder `report` inside the result's folder; PERTURBATIONS: labels to
+        show besides the top ones. Needs matplotlib (`pip install 'perturbglm[plot]'`).
+        Returns the report folder."""
+        from . import report
+        from .errors import InputError
+
+        if out is None:
+            if self.folder is None:
+                raise InputError("this result is in memory, not in a folder: pass "
+                                 "out= for the report")
+            out = os.path.join(self.folder, outdir.REPORT_DIR)
+        report.write(self, out, perturbations, overwrite)
+        return out
+
     def __repr__(self) -> str:
         n_de = int(self.summary["de_genes"].sum()) if len(self.summary) else 0
         return (f"Result({self.summary.shape[0]} perturbations x "

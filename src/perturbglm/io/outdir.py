@@ -4,7 +4,8 @@ that allows one run per OUT, and the crash-safe replacement of OUT by a run's re
 - Every results folder holds a marker, `.perturbglm` (JSON: the version and the files the
   run wrote). `--overwrite` replaces only such a folder (or one of an earlier version, which
   held exactly results.parquet, summary.csv and a run.json with "parameters"), never one
-  holding anything else, never the input, the current folder or a parent of either.
+  holding anything else (but its `report` folder, when `perturbglm report` wrote it),
+  never the input, the current folder or a parent of either.
 - A run holds an exclusive flock on OUT.partial/lock (its pid and host as JSON) from the
   moment it writes anything until it ends; a second run on the same OUT is refused. The
   kernel releases the lock of a process that dies, so a stale lock file is simply taken over.
@@ -31,6 +32,7 @@ from ..errors import InputError
 
 MARKER = ".perturbglm"      # in every results folder: {"version", "files"}
 RESULT_FILES = ("results.parquet", "summary.csv", "run.json")
+REPORT_DIR = "report"       # `perturbglm report`'s default folder, inside a results folder
 LOCK = "lock"               # in OUT.partial: {"pid", "host"} of the run holding it
 FINGERPRINT = "fingerprint.json"    # what makes OUT.partial a workspace (workspace.py)
 
@@ -87,7 +89,10 @@ def _foreign_entries(folder: str) -> list[str] | None:
                 written = set(json.load(fh)["files"])
         except (OSError, ValueError, KeyError, TypeError):
             return sorted(entries)
-        return sorted(entries - written - {MARKER})
+        foreign = entries - written - {MARKER}
+        if REPORT_DIR in foreign and _foreign_entries(os.path.join(folder, REPORT_DIR)) == []:
+            foreign.discard(REPORT_DIR)      # the results' own report, replaced with them
+        return sorted(foreign)
     if entries == set(RESULT_FILES):       # a results folder of a version without the marker
         try:
             with open(os.path.join(folder, "run.json")) as fh:

@@ -273,34 +273,40 @@ def trimmed_cell_variance(ents, n, data):
 
 
 @njit(cache=True)
-def _mark_frontiers(ents, zero_log, data, lay, mark):
-    """Mark the candidate cells of one control stratum (see the module docstring): the
-    frontier (count up, size factor down) of its non-zero cells, and the frontier (count
-    down, size factor up) of those above its largest zero's size factor zero_log."""
+def _mark_frontiers(ents, s, zero_log, data, lay, mark, slot):
+    """Mark the candidate cells of control stratum s (see the module docstring): the
+    frontier (count up, size factor down) of its non-zero cells `ents`, and the frontier
+    (count down, size factor up) of those above its largest zero's size factor zero_log.
+    The cells are visited by place (decreasing size factor) through `slot`, a scratch
+    buffer over the stratum's places holding -1, left so: a bucket pass over the stratum's
+    cells, cheaper than sorting its non-zeros when they are many."""
     r = ents.shape[0]
     if r == 0:
         return
-    place = np.empty(r, dtype=np.int64)
-    for i in range(r):
-        place[i] = lay.cell_place[data.nz[ents[i], 0]]
-    order = np.argsort(place)            # by decreasing size factor (places are distinct)
+    n = lay.stratum_n[s]
+    for e in ents:
+        slot[lay.cell_place[data.nz[e, 0]]] = e
     # (count down, size up): from the smallest size factor up, a count above all before
     top = 0
-    for t in range(r - 1, -1, -1):
-        e = ents[order[t]]
-        if data.nz[e, 1] > top:
+    for place in range(n - 1, -1, -1):
+        e = slot[place]
+        if e >= 0 and data.nz[e, 1] > top:
             mark[e] = True
             top = data.nz[e, 1]
     # (count up, size down): from the largest size factor down to the largest zero's, a
     # count below all before
     low = np.iinfo(np.int32).max
-    for t in range(r):
-        e = ents[order[t]]
-        if data.cell_logs[data.nz[e, 0]] <= zero_log:
+    for place in range(n):
+        e = slot[place]
+        if e < 0:
+            continue
+        if lay.sorted_logs[lay.sorted_ptr[s] + place] <= zero_log:
             break
         if data.nz[e, 1] < low:
             mark[e] = True
             low = data.nz[e, 1]
+    for e in ents:
+        slot[lay.cell_place[data.nz[e, 0]]] = -1
 
 
 @njit(cache=True, parallel=True)
@@ -317,21 +323,29 @@ def control_summaries(control, lay, data):
     y_max = np.zeros((n_genes, n_strata))
     mark = np.zeros(data.nz.shape[0], dtype=np.bool_)
     n_cells = lay.sorted_ptr[s0 + n_strata] - lay.sorted_ptr[s0]
-    for g in prange(n_genes):
-        ents, run_ptr = by_stratum(g, control, data, lay, np.empty(n_cells, dtype=np.int64),
-                                   np.empty(n_strata + 1, dtype=np.int64))
-        x = np.empty(ents.shape[0])
-        held = np.zeros(ents.shape[0] + 1, dtype=np.bool_)
-        for i in range(n_strata):
-            run = ents[run_ptr[i]:run_ptr[i + 1]]
-            n = lay.stratum_n[s0 + i]
-            if n < MIN_REPLICATES:
-                continue
-            var[g, i] = stratum_variance(run, n, data, lay.cell_inv_sf, x)
-            zero_log[g, i] = top_zero(run, s0 + i, data, lay, held)
-            for e in run:
-                y_max[g, i] = max(y_max[g, i], data.nz[e, 1])
-            _mark_frontiers(run, zero_log[g, i], data, lay, mark)
+    most = 0                             # the most cells of a control stratum
+    for i in range(n_strata):
+        most = max(most, lay.stratum_n[s0 + i])
+    # scratch per run of genes, not per gene (a control stratum can hold most cells)
+    n_runs = min(n_genes, 64)
+    for chunk in prange(n_runs):
+        ents_buf = np.empty(n_cells, dtype=np.int64)
+        run_buf = np.empty(n_strata + 1, dtype=np.int64)
+        x = np.empty(n_cells)
+        held = np.zeros(n_cells + 1, dtype=np.bool_)
+        slot = np.full(most, -1, dtype=np.int64)
+        for g in range(chunk * n_genes // n_runs, (chunk + 1) * n_genes // n_runs):
+            ents, run_ptr = by_stratum(g, control, data, lay, ents_buf, run_buf)
+            for i in range(n_strata):
+                run = ents[run_ptr[i]:run_ptr[i + 1]]
+                n = lay.stratum_n[s0 + i]
+                if n < MIN_REPLICATES:
+                    continue
+                var[g, i] = stratum_variance(run, n, data, lay.cell_inv_sf, x)
+                zero_log[g, i] = top_zero(run, s0 + i, data, lay, held)
+                for e in run:
+                    y_max[g, i] = max(y_max[g, i], data.nz[e, 1])
+                _mark_frontiers(run, s0 + i, zero_log[g, i], data, lay, mark, slot)
     return var, zero_log, y_max, mark
 
 

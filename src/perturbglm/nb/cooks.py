@@ -520,6 +520,7 @@ def max_cooks(comps, theta, base_mean, wald_fit, fit, wald_table, search, rule, 
                 pair[0], pair[1] = control, k
                 _leverages(th, pair, f[:2], c, lay, data, minmu, lev_ctrl, lev_k)
             elif fitted[0]:
+                pair[0] = control
                 _leverages(th, pair[:1], f[:1], c, lay, data, minmu, lev_ctrl, lev_ctrl)
             elif fitted[1]:
                 pair[0] = k
